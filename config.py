@@ -1,0 +1,125 @@
+"""Configuration from the environment, and connections to Redis and Temporal.
+
+Temporal settings come from ``temporalio.envconfig``, so the CLI's ``TEMPORAL_ADDRESS``,
+``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS variables and profiles all work.
+Every failure a user can cause is raised as ``ConfigError`` with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio
+from temporalio.client import Client
+from temporalio.converter import DataConverter
+from temporalio.envconfig import ClientConfig
+
+from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class ConfigError(Exception):
+    """A problem the user can fix; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    payload_size_threshold: int
+    payload_ttl: timedelta | None
+
+
+def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
+    """Read ``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD`` (bytes) and ``PAYLOAD_TTL_SECONDS``."""
+    threshold = _non_negative_int(env, "PAYLOAD_SIZE_THRESHOLD", DEFAULT_PAYLOAD_SIZE_THRESHOLD)
+    ttl_seconds = _non_negative_int(env, "PAYLOAD_TTL_SECONDS", 0)
+    return Settings(
+        redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        payload_size_threshold=threshold,
+        payload_ttl=timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+    )
+
+
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} is not a whole number of zero or more; fix or unset it.")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.hostname or ""
+    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def open_redis(url: str) -> redis.asyncio.Redis:
+    """Connect to Redis and check that it answers. The caller closes the client."""
+    shown = redact_url(url)
+    try:
+        client = redis.asyncio.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=CONNECT_TIMEOUT_SECONDS,
+        )
+    except ValueError as err:
+        raise ConfigError(
+            f"REDIS_URL {shown!r} is not a valid Redis URL ({err}); "
+            "use the form redis://[:password@]host:port/db or rediss:// for TLS."
+        ) from None
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as err:
+        await client.aclose()
+        raise ConfigError(
+            f"Could not reach Redis at {shown} ({_one_line(err)}); "
+            "start Redis there or point REDIS_URL at a running server."
+        ) from None
+    return client
+
+
+async def connect_temporal(data_converter: DataConverter) -> Client:
+    """Connect to Temporal with the CLI's environment and profile settings."""
+    try:
+        connect_config = ClientConfig.load_client_connect_config()
+    except Exception as err:
+        raise ConfigError(
+            f"Could not read the Temporal client configuration ({_one_line(err)}); "
+            "check TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE and the TEMPORAL_* variables."
+        ) from None
+    address = connect_config.get("target_host") or "localhost:7233"
+    connect_config["target_host"] = address
+    try:
+        return await asyncio.wait_for(
+            Client.connect(**connect_config, data_converter=data_converter),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+    except (RuntimeError, OSError, TimeoutError) as err:
+        reason = _one_line(err) or "timed out"
+        raise ConfigError(
+            f"Could not connect to Temporal at {address} ({reason}); start a dev server "
+            "with `uv run temporal server start-dev` or set TEMPORAL_ADDRESS."
+        ) from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]

@@ -1,0 +1,165 @@
+"""The sample as a new user runs it: `uv run worker.py`, `uv run starter.py`, then
+`temporal workflow show`, and `uv run demo.py`, all as real processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import PROJECT_DIR, RedisServer, free_port
+
+REFERENCE_TYPE = "temporal.api.sdk.v1.ExternalStorageReference"
+
+
+def user_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "REDIS_"))}
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def worker_process(
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer
+) -> Iterator[subprocess.Popen[str]]:
+    address = temporal_env.client.service_client.config.target_host
+    process = subprocess.Popen(
+        ["uv", "run", "worker.py"],
+        cwd=PROJECT_DIR,
+        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    first_line = process.stderr.readline()
+    assert "Worker polling task queue" in first_line, first_line
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def processes_with_marker(marker: str) -> list[str]:
+    """Command lines of live processes whose environment carries ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_worker_and_starter_then_workflow_show(
+    worker_process: subprocess.Popen[str],
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+) -> None:
+    address = temporal_env.client.service_client.config.target_host
+    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="200")
+    batch_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    starter = subprocess.run(
+        ["uv", "run", "starter.py", "--batch-id", batch_id],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert starter.returncode == 0, starter.stderr + starter.stdout
+    lines = starter.stdout.strip().splitlines()
+    assert f"Started batch {batch_id} (5,000 orders)" in starter.stdout
+    assert "Payloads in history" in starter.stdout
+    assert starter.stdout.count("Redis, key 1") == 2  # the two order-list hops share a key
+    show_command = lines[-1]
+    assert show_command.startswith(f"temporal workflow show --workflow-id order-batch-{batch_id}")
+
+    show = subprocess.run(
+        ["uv", "run", *show_command.split(), "--output", "json"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert show.returncode == 0, show.stderr
+    history = json.loads(show.stdout)
+    events = history["events"]
+    references = [
+        json.loads(base64.b64decode(payload["data"]))
+        for event in events
+        for attrs in event.values()
+        if isinstance(attrs, dict)
+        for field in ("input", "result")
+        for payload in (attrs.get(field) or {}).get("payloads", [])
+        if base64.b64decode(payload["metadata"].get("messageType", "")).decode() == REFERENCE_TYPE
+    ]
+    assert len(references) == 2, json.dumps(events, indent=1)[:3000]
+    for reference in references:
+        assert reference["driverName"] == "redis"
+        assert f":wi:order-batch-{batch_id}:" in reference["claimData"]["key"]
+
+    worker_process.send_signal(signal.SIGINT)
+    assert worker_process.wait(timeout=30) == 0
+    assert worker_process.stderr is not None
+    assert "Worker stopped." in worker_process.stderr.read()
+
+
+def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
+    marker = f"DEMO_TEST_{uuid.uuid4().hex}"
+    # A REDIS_URL that does not answer makes the demo start its own redis-server.
+    env = user_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", COLUMNS="200")
+    env[marker] = "1"
+    demo = subprocess.run(
+        ["uv", "run", "demo.py", "--orders", "5000"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "started redis-server on port" in demo.stdout
+    assert "Payloads in history" in demo.stdout
+    assert "temporal workflow show --workflow-id order-batch-" in demo.stdout
+    assert processes_with_marker(marker) == []
+
+
+def test_demo_ctrl_c_stops_everything() -> None:
+    marker = f"DEMO_TEST_{uuid.uuid4().hex}"
+    env = user_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", COLUMNS="200")
+    env[marker] = "1"
+    demo = subprocess.Popen(
+        ["uv", "run", "demo.py", "--keep-running", "--orders", "200"],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if "Ctrl+C to stop everything" in line:
+            break
+    assert any("Keeping the dev server up" in line for line in seen), "".join(seen)
+    assert len(processes_with_marker(marker)) >= 3  # uv/python, temporal, redis-server
+    os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends
+    demo.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while processes_with_marker(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_with_marker(marker) == []

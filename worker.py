@@ -1,0 +1,64 @@
+"""Run the worker: `uv run worker.py`. Stop it with Ctrl+C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from rich.console import Console
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import fetch_orders, process_orders
+from codec import make_data_converter
+from config import ConfigError, connect_temporal, load_settings, open_redis, redact_url
+from models import TASK_QUEUE
+from workflows import ProcessOrderBatchWorkflow
+
+console = Console(stderr=True)
+
+
+def build_worker(client: Client) -> Worker:
+    """The sample's worker: one workflow, two activities, one task queue."""
+    return Worker(
+        client,
+        task_queue=TASK_QUEUE,
+        workflows=[ProcessOrderBatchWorkflow],
+        activities=[fetch_orders, process_orders],
+    )
+
+
+async def main() -> None:
+    settings = load_settings()
+    redis_client = await open_redis(settings.redis_url)
+    try:
+        converter = make_data_converter(
+            redis_client,
+            payload_size_threshold=settings.payload_size_threshold,
+            ttl=settings.payload_ttl,
+        )
+        client = await connect_temporal(converter)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with build_worker(client):
+            console.print(
+                f"Worker polling task queue [bold]{TASK_QUEUE}[/] on "
+                f"{client.service_client.config.target_host}, payloads in Redis at "
+                f"{redact_url(settings.redis_url)}. Ctrl+C to stop."
+            )
+            await stop.wait()
+            console.print("Shutting down: finishing in-flight tasks...")
+        console.print("Worker stopped.")
+    finally:
+        await redis_client.aclose()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except ConfigError as err:
+        console.print(f"[red]worker: {err}[/]")
+        sys.exit(1)
