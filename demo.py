@@ -164,6 +164,11 @@ async def run_demo(args: argparse.Namespace) -> int:
                     "Ctrl+C to stop everything."
                 )
                 await asyncio.Event().wait()
+            else:
+                console.print(
+                    "The demo stops its dev server now; run `uv run demo.py --keep-running` "
+                    "to explore this history in the CLI and the Web UI."
+                )
         return exit_code
 
 

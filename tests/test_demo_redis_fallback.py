@@ -1,0 +1,40 @@
+"""demo.py on a machine without Redis: it falls back to fakeredis's TCP server, and a batch
+still goes through it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from rich.console import Console
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+import demo
+from codec import make_data_converter
+from config import open_redis
+from models import OrderBatchRequest
+from starter import run_batch
+from worker import build_worker
+
+
+async def test_demo_uses_embedded_redis_when_none_can_be_had(
+    monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{demo.free_port()}/0")
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    output = Console(record=True, width=300)
+    monkeypatch.setattr(demo, "console", output)
+
+    async with demo.any_redis() as url:
+        assert "fakeredis" in output.export_text(clear=False)
+        redis_client = await open_redis(url)
+        config = temporal_env.client.config()
+        config["data_converter"] = make_data_converter(redis_client)
+        client = Client(**config)
+        async with build_worker(client):
+            request = OrderBatchRequest(f"fake-{uuid.uuid4().hex[:8]}", 5_000)
+            assert await run_batch(client, request, output) == 0
+        assert len([key async for key in redis_client.scan_iter(match="temporalio:*")]) == 1
+        await redis_client.aclose()
+    assert "Redis, key 1" in output.export_text()
