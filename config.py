@@ -8,8 +8,9 @@ Every failure a user can cause is raised as ``ConfigError`` with one clear sente
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -19,7 +20,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 
-from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD
+from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -97,8 +98,28 @@ async def open_redis(url: str) -> redis.asyncio.Redis:
     return client
 
 
-async def connect_temporal(data_converter: DataConverter) -> Client:
-    """Connect to Temporal with the CLI's environment and profile settings."""
+@contextlib.asynccontextmanager
+async def connected_client(
+    settings: Settings, *, address: str | None = None
+) -> AsyncIterator[Client]:
+    """A Temporal client with the shared DataConverter, over a Redis client closed on exit."""
+    redis_client = await open_redis(settings.redis_url)
+    try:
+        converter = make_data_converter(
+            redis_client,
+            payload_size_threshold=settings.payload_size_threshold,
+            ttl=settings.payload_ttl,
+        )
+        yield await connect_temporal(converter, address=address)
+    finally:
+        await redis_client.aclose()
+
+
+async def connect_temporal(data_converter: DataConverter, *, address: str | None = None) -> Client:
+    """Connect to Temporal with the CLI's environment and profile settings.
+
+    ``address`` overrides the configured one (the demo points at its own dev server).
+    """
     try:
         connect_config = ClientConfig.load_client_connect_config()
     except Exception as err:
@@ -106,7 +127,7 @@ async def connect_temporal(data_converter: DataConverter) -> Client:
             f"Could not read the Temporal client configuration ({_one_line(err)}); "
             "check TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE and the TEMPORAL_* variables."
         ) from None
-    address = connect_config.get("target_host") or "localhost:7233"
+    address = address or connect_config.get("target_host") or "localhost:7233"
     connect_config["target_host"] = address
     try:
         return await asyncio.wait_for(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -23,10 +24,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from rich.console import Console
-from temporalio.client import Client
 
-from codec import make_data_converter
-from config import DEFAULT_REDIS_URL, ConfigError, load_settings, open_redis, redact_url
+from config import (
+    DEFAULT_REDIS_URL,
+    ConfigError,
+    connected_client,
+    load_settings,
+    open_redis,
+    redact_url,
+)
 from starter import add_batch_arguments, request_from_args, run_batch
 from worker import build_worker
 
@@ -147,14 +153,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         with console.status("Starting a Temporal dev server..."):
             address, ui_port = stack.enter_context(dev_server())
         redis_url = await stack.enter_async_context(any_redis())
-        redis_client = await open_redis(redis_url)
-        stack.push_async_callback(redis_client.aclose)
-        converter = make_data_converter(
-            redis_client,
-            payload_size_threshold=settings.payload_size_threshold,
-            ttl=settings.payload_ttl,
+        client = await stack.enter_async_context(
+            connected_client(dataclasses.replace(settings, redis_url=redis_url), address=address)
         )
-        client = await Client.connect(address, data_converter=converter)
         console.print(f"Temporal: dev server at {address}, Web UI http://localhost:{ui_port}")
         async with build_worker(client):
             exit_code = await run_batch(client, request_from_args(args), console)

@@ -16,8 +16,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from codec import make_data_converter
-from config import ConfigError, connect_temporal, load_settings, open_redis
+from config import ConfigError, connected_client, load_settings
 from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
 from report import payload_report, payload_table, redis_keys, summary_table
 from workflows import ProcessOrderBatchWorkflow
@@ -173,18 +172,8 @@ def show_command(client: Client, workflow_id: str, run_id: str) -> str:
 
 async def main(request: OrderBatchRequest) -> int:
     console = Console()
-    settings = load_settings()
-    redis_client = await open_redis(settings.redis_url)
-    try:
-        converter = make_data_converter(
-            redis_client,
-            payload_size_threshold=settings.payload_size_threshold,
-            ttl=settings.payload_ttl,
-        )
-        client = await connect_temporal(converter)
+    async with connected_client(load_settings()) as client:
         return await run_batch(client, request, console)
-    finally:
-        await redis_client.aclose()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import fetch_orders, process_orders
-from codec import make_data_converter
-from config import ConfigError, connect_temporal, load_settings, open_redis, redact_url
+from config import ConfigError, connected_client, load_settings, redact_url
 from models import TASK_QUEUE
 from workflows import ProcessOrderBatchWorkflow
 
@@ -31,14 +30,7 @@ def build_worker(client: Client) -> Worker:
 
 async def main() -> None:
     settings = load_settings()
-    redis_client = await open_redis(settings.redis_url)
-    try:
-        converter = make_data_converter(
-            redis_client,
-            payload_size_threshold=settings.payload_size_threshold,
-            ttl=settings.payload_ttl,
-        )
-        client = await connect_temporal(converter)
+    async with connected_client(settings) as client:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -52,8 +44,6 @@ async def main() -> None:
             await stop.wait()
             console.print("Shutting down: finishing in-flight tasks...")
         console.print("Worker stopped.")
-    finally:
-        await redis_client.aclose()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ still goes through it."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import pytest
@@ -22,7 +23,7 @@ async def test_demo_uses_embedded_redis_when_none_can_be_had(
     monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment
 ) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{demo.free_port()}/0")
-    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no redis-server on PATH
     output = Console(record=True, width=300)
     monkeypatch.setattr(demo, "console", output)
 
