@@ -116,11 +116,18 @@ def test_worker_and_starter_then_workflow_show(
     assert "Worker stopped." in worker_process.stderr.read()
 
 
-def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
+def demo_env() -> tuple[dict[str, str], str]:
+    """An environment for demo.py whose processes, children included, carry a marker.
+
+    Its REDIS_URL does not answer, so the demo starts a redis-server of its own."""
     marker = f"DEMO_TEST_{uuid.uuid4().hex}"
-    # A REDIS_URL that does not answer makes the demo start its own redis-server.
     env = user_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", COLUMNS="200")
     env[marker] = "1"
+    return env, marker
+
+
+def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
+    env, marker = demo_env()
     demo = subprocess.run(
         ["uv", "run", "demo.py", "--orders", "5000"],
         cwd=PROJECT_DIR,
@@ -137,9 +144,7 @@ def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
 
 
 def test_demo_ctrl_c_stops_everything() -> None:
-    marker = f"DEMO_TEST_{uuid.uuid4().hex}"
-    env = user_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", COLUMNS="200")
-    env[marker] = "1"
+    env, marker = demo_env()
     demo = subprocess.Popen(
         ["uv", "run", "demo.py", "--keep-running", "--orders", "200"],
         cwd=PROJECT_DIR,
