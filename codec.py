@@ -8,15 +8,23 @@ Decode path: the same steps in reverse.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import zstandard
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
+from temporalio.common import MetricMeter
+from temporalio.converter import (
+    DataConverter,
+    ExternalStorage,
+    PayloadCodec,
+    StorageDriver,
+    StorageDriverSelectContext,
+)
 from temporalio.exceptions import ApplicationError
 
+from payload_metrics import MeteredStorageDriver
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
 
 if TYPE_CHECKING:
@@ -71,24 +79,50 @@ class ZstdCodec(PayloadCodec):
 
 
 def make_data_converter(
-    redis_client: redis.asyncio.Redis,
+    redis_client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
     *,
     payload_size_threshold: int = DEFAULT_PAYLOAD_SIZE_THRESHOLD,
     key_prefix: str = "temporalio:payloads",
     ttl: timedelta | None = None,
+    driver_name: str = "redis",
+    retrieve_only: Sequence[StorageDriver] = (),
+    keep_inline: Callable[[StorageDriverSelectContext, Payload], bool] | None = None,
+    metric_meter: MetricMeter | None = None,
 ) -> DataConverter:
     """Build the DataConverter that the worker, starter, demo and tests all use.
 
     Payloads are compressed first; those still at or over ``payload_size_threshold``
     bytes go to Redis. The caller owns ``redis_client`` and closes it.
+
+    Migrating: new payloads are stored by the ``driver_name`` driver; drivers in
+    ``retrieve_only`` (e.g. the old name or the old Redis) only read existing claims.
+    ``keep_inline`` returns True for payloads that stay in history despite their size.
+    ``metric_meter`` records payloads offloaded and fetched (see payload_metrics.py).
     """
-    driver = RedisStorageDriver(
-        new_redis_asyncio_client(redis_client), key_prefix=key_prefix, ttl=ttl
-    )
+    drivers: list[StorageDriver] = [
+        RedisStorageDriver(
+            new_redis_asyncio_client(redis_client),
+            driver_name=driver_name,
+            key_prefix=key_prefix,
+            ttl=ttl,
+        ),
+        *retrieve_only,
+    ]
+    if metric_meter is not None:
+        drivers = [MeteredStorageDriver(driver, metric_meter) for driver in drivers]
+    store_driver = drivers[0]
+
+    def select_driver(
+        context: StorageDriverSelectContext, payload: Payload
+    ) -> StorageDriver | None:
+        return None if keep_inline and keep_inline(context, payload) else store_driver
+
     return dataclasses.replace(
         DataConverter.default,
         payload_codec=ZstdCodec(),
         external_storage=ExternalStorage(
-            drivers=[driver], payload_size_threshold=payload_size_threshold
+            drivers=drivers,
+            driver_selector=select_driver,
+            payload_size_threshold=payload_size_threshold,
         ),
     )

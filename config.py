@@ -19,10 +19,13 @@ import redis.asyncio
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# A Redis Cluster is named by its scheme, e.g. redis+cluster://host:7000 (any node will do).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
@@ -72,24 +75,35 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def open_redis(url: str) -> redis.asyncio.Redis:
-    """Connect to Redis and check that it answers. The caller closes the client."""
+async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+    """Connect to Redis (or a Redis Cluster) and check that it answers. The caller closes it."""
     shown = redact_url(url)
+    scheme, separator, rest = url.partition("://")
+    client: redis.asyncio.Redis | redis.asyncio.RedisCluster
     try:
-        client = redis.asyncio.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=CONNECT_TIMEOUT_SECONDS,
-        )
+        if separator and scheme in CLUSTER_SCHEMES:
+            client = redis.asyncio.RedisCluster.from_url(
+                f"{CLUSTER_SCHEMES[scheme]}://{rest}",
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=CONNECT_TIMEOUT_SECONDS,
+            )
+        else:
+            client = redis.asyncio.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=CONNECT_TIMEOUT_SECONDS,
+            )
     except ValueError as err:
         raise ConfigError(
             f"REDIS_URL {shown!r} is not a valid Redis URL ({err}); "
-            "use the form redis://[:password@]host:port/db or rediss:// for TLS."
+            "use the form redis://[:password@]host:port/db, rediss:// for TLS, "
+            "or redis+cluster://host:port for a Redis Cluster."
         ) from None
     try:
         await client.ping()
-    except (redis.RedisError, OSError) as err:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as err:
         await client.aclose()
         raise ConfigError(
             f"Could not reach Redis at {shown} ({_one_line(err)}); "
@@ -100,25 +114,35 @@ async def open_redis(url: str) -> redis.asyncio.Redis:
 
 @contextlib.asynccontextmanager
 async def connected_client(
-    settings: Settings, *, address: str | None = None
+    settings: Settings, *, address: str | None = None, runtime: Runtime | None = None
 ) -> AsyncIterator[Client]:
-    """A Temporal client with the shared DataConverter, over a Redis client closed on exit."""
+    """A Temporal client with the shared DataConverter, over a Redis client closed on exit.
+
+    With a ``runtime``, the client reports metrics there, payload traffic included.
+    """
     redis_client = await open_redis(settings.redis_url)
     try:
         converter = make_data_converter(
             redis_client,
             payload_size_threshold=settings.payload_size_threshold,
             ttl=settings.payload_ttl,
+            metric_meter=runtime.metric_meter if runtime else None,
         )
-        yield await connect_temporal(converter, address=address)
+        yield await connect_temporal(converter, address=address, runtime=runtime)
     finally:
         await redis_client.aclose()
 
 
-async def connect_temporal(data_converter: DataConverter, *, address: str | None = None) -> Client:
+async def connect_temporal(
+    data_converter: DataConverter,
+    *,
+    address: str | None = None,
+    runtime: Runtime | None = None,
+) -> Client:
     """Connect to Temporal with the CLI's environment and profile settings.
 
     ``address`` overrides the configured one (the demo points at its own dev server).
+    ``runtime`` is where the client and its workers report metrics (default: none).
     """
     try:
         connect_config = ClientConfig.load_client_connect_config()
@@ -131,7 +155,7 @@ async def connect_temporal(data_converter: DataConverter, *, address: str | None
     connect_config["target_host"] = address
     try:
         return await asyncio.wait_for(
-            Client.connect(**connect_config, data_converter=data_converter),
+            Client.connect(**connect_config, data_converter=data_converter, runtime=runtime),
             CONNECT_TIMEOUT_SECONDS,
         )
     except (RuntimeError, OSError, TimeoutError) as err:

@@ -1,7 +1,8 @@
-"""Run the worker: `uv run worker.py`. Stop it with Ctrl+C."""
+"""Run the worker: `uv run worker.py [--metrics-port PORT]`. Stop it with Ctrl+C."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
@@ -13,6 +14,7 @@ from temporalio.worker import Worker
 from activities import fetch_orders, process_orders
 from config import ConfigError, connected_client, load_settings, redact_url
 from models import TASK_QUEUE
+from payload_metrics import prometheus_runtime
 from workflows import ProcessOrderBatchWorkflow
 
 console = Console(stderr=True)
@@ -28,9 +30,15 @@ def build_worker(client: Client) -> Worker:
     )
 
 
-async def main() -> None:
+async def main(metrics_port: int | None = None) -> None:
     settings = load_settings()
-    async with connected_client(settings) as client:
+    runtime = None
+    if metrics_port is not None:
+        try:
+            runtime = prometheus_runtime(f"0.0.0.0:{metrics_port}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    async with connected_client(settings, runtime=runtime) as client:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -41,14 +49,29 @@ async def main() -> None:
                 f"{client.service_client.config.target_host}, payloads in Redis at "
                 f"{redact_url(settings.redis_url)}. Ctrl+C to stop."
             )
+            if metrics_port is not None:
+                console.print(f"Prometheus metrics on http://localhost:{metrics_port}/metrics")
             await stop.wait()
             console.print("Shutting down: finishing in-flight tasks...")
         console.print("Worker stopped.")
 
 
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number from 1 to 65535")
+    return int(raw)
+
+
 if __name__ == "__main__":
+    arg_parser = argparse.ArgumentParser(description=__doc__)
+    arg_parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics on this port, all interfaces (default: off)",
+    )
     try:
-        asyncio.run(main())
+        asyncio.run(main(arg_parser.parse_args().metrics_port))
     except ConfigError as err:
         console.print(f"[red]worker: {err}[/]")
         sys.exit(1)
