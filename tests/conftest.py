@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -98,3 +100,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+def client_with(temporal_env: WorkflowEnvironment, converter: DataConverter) -> Client:
+    """A client of the tests' dev server that uses ``converter``."""
+    config = temporal_env.client.config()
+    config["data_converter"] = converter
+    return Client(**config)

@@ -1,0 +1,496 @@
+"""Inspect and clean up the payloads stored in Redis.
+
+    uv run payloads.py list [--workflow-id ID]   what is stored, per workflow: count, bytes, TTL
+    uv run payloads.py gc [--yes]                 delete payloads whose workflow run is gone or
+                                                  closed and past the namespace's retention
+
+Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
+does not block Redis. `gc` is a dry run unless `--yes` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
+
+import redis.asyncio
+from rich.console import Console
+from rich.table import Table
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.converter import DataConverter
+from temporalio.service import RPCError, RPCStatusCode
+
+from config import ConfigError, connect_temporal, load_settings, open_redis
+from redis_driver import _key_segment as key_segment  # the driver's own key encoding
+
+DEFAULT_KEY_PREFIX = "temporalio:payloads"
+SCAN_COUNT = 1000
+DEFAULT_GRACE_MINUTES = 60
+
+RedisClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
+@dataclass(frozen=True)
+class StoredPayload:
+    """One payload key, parsed back into the identity the driver put into it."""
+
+    key: str
+    kind: str  # "workflow", "activity" (standalone activity) or "unscoped"
+    namespace: str | None = None
+    type_name: str | None = None
+    owner_id: str | None = None
+    run_id: str | None = None
+    size_bytes: int = 0
+    ttl_ms: int | None = None  # None: never expires
+    idle_seconds: int | None = None  # since last read or write; None if Redis cannot tell
+
+
+def parse_key(key: str, key_prefix: str) -> StoredPayload | None:
+    """Parse ``{prefix}:v0[:ns:..:wt|at:..:wi|ai:..:ri:..]:d:sha256:{hex}``; None if not one."""
+    head = f"{key_prefix}:v0:"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head) :].split(":")
+    if parts[:2] == ["d", "sha256"] and len(parts) == 3:
+        return StoredPayload(key=key, kind="unscoped")
+    if (
+        len(parts) == 11
+        and (parts[0], parts[6], parts[8], parts[9]) == ("ns", "ri", "d", "sha256")
+        and (parts[2], parts[4]) in (("wt", "wi"), ("at", "ai"))
+    ):
+        return StoredPayload(
+            key=key,
+            kind="workflow" if parts[2] == "wt" else "activity",
+            namespace=_decode_segment(parts[1]),
+            type_name=_decode_segment(parts[3]),
+            owner_id=_decode_segment(parts[5]),
+            run_id=_decode_segment(parts[7]),
+        )
+    return None
+
+
+def _decode_segment(segment: str) -> str | None:
+    # The driver writes a missing id as "null" and a literal "null" id as "%6Eull".
+    return None if segment == "null" else unquote(segment)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "\\*?[]" else c for c in text)
+
+
+def match_pattern(key_prefix: str, workflow_id: str | None = None) -> str:
+    """The SCAN MATCH pattern for all payloads under the prefix, or one workflow's."""
+    if workflow_id is None:
+        return f"{_glob_escape(key_prefix)}:v0:*"
+    # Percent-encoded segments never contain glob characters.
+    return f"{_glob_escape(key_prefix)}:v0:ns:*:wt:*:wi:{key_segment(workflow_id)}:ri:*"
+
+
+async def scan_payloads(
+    redis_client: RedisClient, key_prefix: str, *, workflow_id: str | None = None
+) -> AsyncIterator[StoredPayload | str]:
+    """Yield every stored payload with its size, TTL and idle time; a key under the prefix
+    that is not in the driver's layout is yielded as its bare name."""
+    batch: list[str] = []
+    async for raw in redis_client.scan_iter(
+        match=match_pattern(key_prefix, workflow_id), count=SCAN_COUNT
+    ):
+        batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+        if len(batch) >= SCAN_COUNT:
+            for item in await _measure(redis_client, key_prefix, batch):
+                yield item
+            batch = []
+    if batch:
+        for item in await _measure(redis_client, key_prefix, batch):
+            yield item
+
+
+async def _measure(
+    redis_client: RedisClient, key_prefix: str, keys: list[str]
+) -> list[StoredPayload | str]:
+    """Idle time first (STRLEN counts as a read and would reset it), then size and TTL."""
+    pipe = redis_client.pipeline()
+    for key in keys:
+        pipe.execute_command("OBJECT", "IDLETIME", key)
+        pipe.strlen(key)
+        pipe.pttl(key)
+    replies = await pipe.execute(raise_on_error=False)
+    measured: list[StoredPayload | str] = []
+    for index, key in enumerate(keys):
+        idle, size, pttl = replies[3 * index : 3 * index + 3]
+        parsed = parse_key(key, key_prefix)
+        if pttl == -2 or isinstance(size, Exception):
+            continue  # expired or deleted since SCAN returned it
+        if parsed is None:
+            measured.append(key)
+            continue
+        measured.append(
+            dataclasses.replace(
+                parsed,
+                size_bytes=int(size),
+                ttl_ms=int(pttl) if isinstance(pttl, int) and pttl >= 0 else None,
+                # OBJECT IDLETIME fails under an LFU maxmemory-policy; then the age is unknown.
+                idle_seconds=int(idle) if isinstance(idle, int) else None,
+            )
+        )
+    return measured
+
+
+@dataclass
+class PayloadGroup:
+    """Payloads that share an owner (a workflow run, a workflow id, or nothing)."""
+
+    namespace: str
+    type_name: str
+    owner: str
+    run_ids: set[str] = field(default_factory=set)
+    keys: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    ttls_ms: list[int | None] = field(default_factory=list)
+
+    def add(self, payload: StoredPayload) -> None:
+        self.run_ids.add(payload.run_id or "-")
+        self.keys.append(payload.key)
+        self.size_bytes += payload.size_bytes
+        self.ttls_ms.append(payload.ttl_ms)
+
+
+def _group_key(payload: StoredPayload) -> tuple[str, str, str]:
+    if payload.kind == "unscoped":
+        return ("-", "-", "(no workflow or activity scope)")
+    owner = payload.owner_id or "-"
+    if payload.kind == "activity":
+        owner = f"activity {owner}"
+    return (payload.namespace or "-", payload.type_name or "-", owner)
+
+
+# ---------------------------------------------------------------------------------------- list
+
+
+async def list_payloads(
+    redis_client: RedisClient, key_prefix: str, console: Console, workflow_id: str | None = None
+) -> None:
+    """Print stored payloads per namespace and workflow id (or one workflow's keys), with totals."""
+    groups: dict[tuple[str, str, str], PayloadGroup] = {}
+    rows: list[StoredPayload] = []
+    foreign = 0
+    async for item in scan_payloads(redis_client, key_prefix, workflow_id=workflow_id):
+        if isinstance(item, str):
+            foreign += 1
+            continue
+        if workflow_id is not None:
+            rows.append(item)
+        group_key = _group_key(item)
+        groups.setdefault(group_key, PayloadGroup(*group_key)).add(item)
+    total_count = sum(len(g.keys) for g in groups.values())
+    total_bytes = sum(g.size_bytes for g in groups.values())
+    if workflow_id is not None:
+        table = Table(title=f"Payloads of workflow {workflow_id}", title_justify="left")
+        for column in ("Namespace", "Run id", "Key (sha256)", "Bytes", "TTL"):
+            table.add_column(column, justify="right" if column in ("Bytes", "TTL") else "left")
+        for row in sorted(rows, key=lambda r: (r.namespace or "", r.run_id or "", r.key)):
+            digest = row.key.rsplit(":", 1)[-1]
+            table.add_row(
+                row.namespace or "-",
+                row.run_id or "- (workflow start)",
+                f"{digest[:16]}…",
+                f"{row.size_bytes:,}",
+                _ttl([row.ttl_ms]),
+            )
+        table.add_section()
+        table.add_row("Total", "", f"{total_count:,} payloads", f"{total_bytes:,}", "")
+    else:
+        table = Table(title=f"Payloads under {key_prefix}", title_justify="left")
+        for column in ("Namespace", "Workflow type", "Workflow id", "Runs", "Payloads", "Bytes"):
+            table.add_column(
+                column, justify="right" if column in ("Runs", "Payloads", "Bytes") else "left"
+            )
+        table.add_column("TTL", justify="right")
+        for group in sorted(groups.values(), key=lambda g: (g.namespace, g.owner)):
+            table.add_row(
+                group.namespace,
+                group.type_name,
+                group.owner,
+                f"{len(group.run_ids):,}",
+                f"{len(group.keys):,}",
+                f"{group.size_bytes:,}",
+                _ttl(group.ttls_ms),
+            )
+        table.add_section()
+        table.add_row(
+            "Total", "", f"{len(groups):,} owners", "", f"{total_count:,}", f"{total_bytes:,}", ""
+        )
+    console.print(table)
+    if foreign:
+        console.print(
+            f"{foreign:,} other keys under {key_prefix} are not in the driver's key layout "
+            "and were left out."
+        )
+
+
+def _ttl(ttls_ms: Sequence[int | None]) -> str:
+    """``none`` when nothing expires, else the shortest remaining TTL (and the longest)."""
+    known = [ms for ms in ttls_ms if ms is not None]
+    if not known:
+        return "none"
+    low, high = _duration(min(known)), _duration(max(known))
+    text = low if low == high else f"{low} to {high}"
+    return text + (" (some none)" if len(known) < len(ttls_ms) else "")
+
+
+def _duration(ms: int) -> str:
+    seconds = ms // 1000
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+# ------------------------------------------------------------------------------------------ gc
+
+
+@dataclass(frozen=True)
+class Verdict:
+    delete: bool
+    reason: str
+
+
+@dataclass
+class GcRun:
+    """The payloads of one workflow run (or workflow id, for start inputs) and what gc decided."""
+
+    group: PayloadGroup
+    run_id: str | None
+    verdict: Verdict = Verdict(False, "not checked")
+    idle_seconds: list[int | None] = field(default_factory=list)  # per payload, None: unknown
+
+    def used_within(self, grace: timedelta) -> bool:
+        """Whether any payload was read or written within ``grace`` (or its age is unknown)."""
+        return any(idle is None or idle < grace.total_seconds() for idle in self.idle_seconds)
+
+
+async def namespace_retention(client: Client) -> timedelta:
+    """How long the client's namespace keeps closed workflows after they close."""
+    response = await client.workflow_service.describe_namespace(
+        DescribeNamespaceRequest(namespace=client.namespace)
+    )
+    return response.config.workflow_execution_retention_ttl.ToTimedelta()
+
+
+async def judge_run(
+    client: Client,
+    workflow_id: str,
+    run_id: str | None,
+    retention: timedelta,
+    now: datetime,
+) -> Verdict:
+    """Whether a run's payloads may go: only if the run no longer exists in Temporal, or it is
+    closed and its close time plus the namespace's retention has passed. Without a run id (a
+    start input stored before the run existed) the workflow id's latest run decides."""
+    try:
+        description = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return Verdict(True, "workflow run no longer exists in Temporal")
+        return Verdict(False, f"could not check it ({' '.join(str(err).split())[:80]})")
+    if description.status in (None, WorkflowExecutionStatus.RUNNING):
+        return Verdict(False, "running")
+    if description.close_time is None:
+        return Verdict(False, "not closed yet")
+    status = description.status.name.lower().replace("_", " ")
+    retained_until = description.close_time + retention
+    if retained_until > now:
+        return Verdict(False, f"{status}, retained until {retained_until:%Y-%m-%d %H:%M} UTC")
+    return Verdict(True, f"{status} at {description.close_time:%Y-%m-%d %H:%M}, past retention")
+
+
+async def plan_gc(
+    redis_client: RedisClient,
+    client: Client,
+    key_prefix: str,
+    *,
+    grace: timedelta = timedelta(minutes=DEFAULT_GRACE_MINUTES),
+    now: datetime | None = None,
+) -> list[GcRun]:
+    """Decide, run by run, which payloads may be deleted. Deletes nothing."""
+    now = now or datetime.now(UTC)
+    runs: dict[tuple[str, str, str, str | None], GcRun] = {}
+    other: dict[tuple[str, str, str], PayloadGroup] = {}
+    async for item in scan_payloads(redis_client, key_prefix):
+        if isinstance(item, str):
+            owner = "(keys not in the driver's layout)"
+            other.setdefault(("-", "-", owner), PayloadGroup("-", "-", owner)).keys.append(item)
+            continue
+        if item.kind != "workflow":
+            group_key = _group_key(item)
+            other.setdefault(group_key, PayloadGroup(*group_key)).add(item)
+            continue
+        run_key = (item.namespace or "-", item.type_name or "-", item.owner_id or "-", item.run_id)
+        run = runs.get(run_key)
+        if run is None:
+            run = runs[run_key] = GcRun(PayloadGroup(*run_key[:3]), item.run_id)
+        run.group.add(item)
+        run.idle_seconds.append(item.idle_seconds)
+
+    retention = await namespace_retention(client)
+    for run in runs.values():
+        if run.group.namespace != client.namespace:
+            run.verdict = Verdict(
+                False, f"other namespace; run gc with TEMPORAL_NAMESPACE={run.group.namespace}"
+            )
+            continue
+        verdict = await judge_run(client, run.group.owner, run.run_id, retention, now)
+        if verdict.delete and run.used_within(grace):
+            grace_text = _duration(int(grace.total_seconds() * 1000))
+            verdict = Verdict(False, f"{verdict.reason}, but used within the last {grace_text}")
+        run.verdict = verdict
+    kept_others = [
+        GcRun(group, None, Verdict(False, "standalone activity or unscoped: not checked"))
+        for group in other.values()
+    ]
+    return list(runs.values()) + kept_others
+
+
+async def delete_payloads(redis_client: RedisClient, runs: Sequence[GcRun]) -> int:
+    """UNLINK (non-blocking delete) the keys of every run whose verdict is delete."""
+    keys = [key for run in runs if run.verdict.delete for key in run.group.keys]
+    deleted = 0
+    for start in range(0, len(keys), SCAN_COUNT):
+        pipe = redis_client.pipeline()
+        for key in keys[start : start + SCAN_COUNT]:
+            pipe.unlink(key)
+        deleted += sum(int(n) for n in await pipe.execute())
+    return deleted
+
+
+def gc_table(runs: Sequence[GcRun], key_prefix: str) -> Table:
+    table = Table(title=f"Garbage collection under {key_prefix}", title_justify="left")
+    for column in ("Namespace", "Workflow id", "Run id", "Payloads", "Bytes", "Verdict"):
+        table.add_column(column, justify="right" if column in ("Payloads", "Bytes") else "left")
+    for run in sorted(runs, key=lambda r: (not r.verdict.delete, r.group.namespace, r.group.owner)):
+        verdict = run.verdict
+        table.add_row(
+            run.group.namespace,
+            run.group.owner,
+            run.run_id or "-",
+            f"{len(run.group.keys):,}",
+            f"{run.group.size_bytes:,}",
+            f"[red]delete[/]: {verdict.reason}"
+            if verdict.delete
+            else f"[green]keep[/]: {verdict.reason}",
+        )
+    return table
+
+
+async def gc(
+    redis_client: RedisClient,
+    client: Client,
+    key_prefix: str,
+    console: Console,
+    *,
+    yes: bool,
+    grace: timedelta,
+) -> None:
+    """Plan, show the plan, and delete only with ``yes``."""
+    runs = await plan_gc(redis_client, client, key_prefix, grace=grace)
+    doomed = [run for run in runs if run.verdict.delete]
+    count = sum(len(run.group.keys) for run in doomed)
+    size = sum(run.group.size_bytes for run in doomed)
+    console.print(gc_table(runs, key_prefix))
+    address = client.service_client.config.target_host
+    checked = f"checked against namespace {client.namespace} at {address}"
+    if not yes:
+        console.print(
+            f"Dry run ({checked}): would delete {count:,} payloads ({size:,} bytes) of "
+            f"{len(doomed):,} runs. Run again with --yes to delete them."
+        )
+        return
+    deleted = await delete_payloads(redis_client, runs)
+    console.print(
+        f"Deleted {deleted:,} payloads ({size:,} bytes) of {len(doomed):,} runs ({checked})."
+    )
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+async def main(args: argparse.Namespace, console: Console) -> int:
+    settings = load_settings()
+    redis_client = await open_redis(settings.redis_url)
+    try:
+        if args.command == "list":
+            await list_payloads(redis_client, args.key_prefix, console, args.workflow_id)
+        else:
+            client = await connect_temporal(DataConverter.default)
+            await gc(
+                redis_client,
+                client,
+                args.key_prefix,
+                console,
+                yes=args.yes,
+                grace=timedelta(minutes=args.grace_minutes),
+            )
+    finally:
+        await redis_client.aclose()
+    return 0
+
+
+def _non_blank(raw: str) -> str:
+    if not raw.strip() or any(c.isspace() for c in raw):
+        raise argparse.ArgumentTypeError(f"must be non-empty without whitespace, got {raw!r}")
+    return raw
+
+
+def _minutes(raw: str) -> int:
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of minutes (0 or more)")
+    return int(raw)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--key-prefix",
+        type=_non_blank,
+        default=DEFAULT_KEY_PREFIX,
+        help=f"the driver's key_prefix (default {DEFAULT_KEY_PREFIX})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    list_parser = commands.add_parser("list", help="show stored payloads per workflow")
+    list_parser.add_argument(
+        "--workflow-id", type=_non_blank, default=None, help="show only this workflow's payloads"
+    )
+    gc_parser = commands.add_parser("gc", help="delete payloads no workflow can read any more")
+    gc_parser.add_argument("--yes", action="store_true", help="delete (default: dry run)")
+    gc_parser.add_argument(
+        "--grace-minutes",
+        type=_minutes,
+        default=DEFAULT_GRACE_MINUTES,
+        help="keep payloads read or written this recently "
+        f"(default {DEFAULT_GRACE_MINUTES}; covers a start that is still in flight)",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    cli_args = parse_args()
+    try:
+        sys.exit(asyncio.run(main(cli_args, Console())))
+    except ConfigError as err:
+        Console(stderr=True).print(f"[red]payloads: {err}[/]")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
