@@ -205,7 +205,7 @@ async def list_payloads(
                 _ttl([row.ttl_ms]),
             )
         table.add_section()
-        table.add_row("Total", "", f"{total_count:,} payloads", f"{total_bytes:,}", "")
+        table.add_row("Total", "", _count(total_count, "payload"), f"{total_bytes:,}", "")
     else:
         table = Table(title=f"Payloads under {key_prefix}", title_justify="left")
         for column in ("Namespace", "Workflow type", "Workflow id", "Runs", "Payloads", "Bytes"):
@@ -225,7 +225,13 @@ async def list_payloads(
             )
         table.add_section()
         table.add_row(
-            "Total", "", f"{len(groups):,} owners", "", f"{total_count:,}", f"{total_bytes:,}", ""
+            "Total",
+            "",
+            _count(len(groups), "owner"),
+            "",
+            f"{total_count:,}",
+            f"{total_bytes:,}",
+            "",
         )
     console.print(table)
     if foreign:
@@ -245,6 +251,10 @@ def _ttl(ttls_ms: Sequence[int | None]) -> str:
     return text + (" (some none)" if len(known) < len(ttls_ms) else "")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
 def _duration(ms: int) -> str:
     seconds = ms // 1000
     days, rest = divmod(seconds, 86400)
@@ -253,7 +263,7 @@ def _duration(ms: int) -> str:
     if days:
         return f"{days}d {hours}h"
     if hours:
-        return f"{hours}h {minutes}m"
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
     return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
 
 
@@ -412,13 +422,15 @@ async def gc(
     checked = f"checked against namespace {client.namespace} at {address}"
     if not yes:
         console.print(
-            f"Dry run ({checked}): would delete {count:,} payloads ({size:,} bytes) of "
-            f"{len(doomed):,} runs. Run again with --yes to delete them."
+            f"Dry run ({checked}): would delete {_count(count, 'payload')} ({size:,} bytes) "
+            f"of {_count(len(doomed), 'run')}."
+            + (" Run again with --yes to delete them." if count else "")
         )
         return
     deleted = await delete_payloads(redis_client, runs)
     console.print(
-        f"Deleted {deleted:,} payloads ({size:,} bytes) of {len(doomed):,} runs ({checked})."
+        f"Deleted {_count(deleted, 'payload')} ({size:,} bytes) of "
+        f"{_count(len(doomed), 'run')} ({checked})."
     )
 
 

@@ -41,13 +41,15 @@ def metrics_port(temporal_env: WorkflowEnvironment, redis_server: RedisServer) -
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    assert worker.stderr is not None
-    lines = [worker.stderr.readline(), worker.stderr.readline()]
-    assert "Worker polling task queue" in lines[0], lines
-    assert f"http://localhost:{port}/metrics" in lines[1], lines
-    yield port
-    worker.terminate()
-    worker.wait(timeout=30)
+    try:
+        assert worker.stderr is not None
+        lines = [worker.stderr.readline(), worker.stderr.readline()]
+        assert "Worker polling task queue" in lines[0], lines
+        assert f"http://localhost:{port}/metrics" in lines[1], lines
+        yield port
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def scrape(port: int) -> dict[str, float]:

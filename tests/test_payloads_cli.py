@@ -103,12 +103,12 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
         temporal_env, redis_server, "list", "--workflow-id", workflow_id_for(running.batch_id)
     )
     assert one.returncode == 0, one.stderr
-    assert "- (workflow start)" in one.stdout and "1 payloads" in one.stdout
+    assert "- (workflow start)" in one.stdout and "1 payload " in one.stdout
     assert workflow_id_for(finished.batch_id) not in one.stdout
 
     dry = payloads_cli(temporal_env, redis_server, "gc", "--grace-minutes", "0")
     assert dry.returncode == 0, dry.stderr
-    assert "would delete 1 payloads" in dry.stdout, dry.stdout
+    assert "would delete 1 payload (" in dry.stdout, dry.stdout
     assert "workflow run no longer exists" in dry.stdout and "running" in dry.stdout
     assert "retained until" in dry.stdout
     assert await keys(redis_client) == before
@@ -116,12 +116,12 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
     # Within the grace period even an orphan stays: it may belong to a start in flight.
     graced = payloads_cli(temporal_env, redis_server, "gc", "--yes")
     assert graced.returncode == 0, graced.stderr
-    assert "Deleted 0 payloads" in graced.stdout and "used within the last 1h" in graced.stdout
+    assert "Deleted 0 payloads (" in graced.stdout and "used within the last 1h" in graced.stdout
     assert await keys(redis_client) == before
 
     deleted = payloads_cli(temporal_env, redis_server, "gc", "--yes", "--grace-minutes", "0")
     assert deleted.returncode == 0, deleted.stderr
-    assert "Deleted 1 payloads" in deleted.stdout, deleted.stdout
+    assert "Deleted 1 payload (" in deleted.stdout, deleted.stdout
     assert await keys(redis_client) == before - {orphan_key}
 
     # Both batches still complete (the running one once a worker is back) and replay.
