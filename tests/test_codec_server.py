@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.error
@@ -381,3 +382,42 @@ def test_the_script_explains_an_unreachable_redis(script_env: dict[str, str]) ->
     assert result.returncode == 1
     assert result.stderr.startswith("codec_server: Could not reach Redis at redis://127.0.0.1:")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_demo_points_its_web_ui_at_its_codec_server(script_env: dict[str, str]) -> None:
+    # A REDIS_URL that does not answer makes the demo start its own redis-server.
+    env = {**script_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "COLUMNS": "200"}
+    demo = subprocess.Popen(
+        ["uv", "run", "demo.py", "--keep-running", "--orders", "200"],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    try:
+        seen = []
+        for line in demo.stdout:
+            seen.append(line)
+            if "Ctrl+C to stop everything" in line:
+                break
+        output = "".join(seen)
+        [endpoint] = re.findall(r"Codec server: (http://127\.0\.0\.1:\d+)", output)
+        [ui_url] = re.findall(r"open (http://localhost:\d+) to explore", output)
+        assert f"Add --codec-endpoint {endpoint} to the command above" in output
+
+        with urllib.request.urlopen(f"{ui_url}/api/v1/settings", timeout=30) as response:
+            assert json.load(response)["Codec"]["Endpoint"] == endpoint
+        preflight = urllib.request.Request(
+            f"{endpoint}/decode",
+            method="OPTIONS",
+            headers={"Origin": ui_url, "Access-Control-Request-Method": "POST"},
+        )
+        with urllib.request.urlopen(preflight, timeout=30) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == ui_url
+    finally:
+        os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends
+        demo.wait(timeout=60)
