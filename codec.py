@@ -24,6 +24,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
+from json_converter import MsgspecPayloadConverter
 from payload_metrics import MeteredStorageDriver
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
 
@@ -119,6 +120,7 @@ def make_data_converter(
 
     return dataclasses.replace(
         DataConverter.default,
+        payload_converter_class=MsgspecPayloadConverter,
         payload_codec=ZstdCodec(),
         external_storage=ExternalStorage(
             drivers=drivers,

@@ -1,0 +1,74 @@
+"""A faster ``json/plain`` payload converter: msgspec instead of the SDK's ``json`` module.
+
+The SDK's default JSON converter rebuilds dataclasses from parsed JSON one field at a time
+with ``typing.get_type_hints``; for a 5,000-order batch that is seconds per decode. msgspec
+parses JSON straight into the type hint (dataclasses included, with type checks) and writes
+JSON in C. Output stays standard ``json/plain``, compact and with keys sorted like the SDK's
+own, so other SDKs, the CLI and the Web UI read the payloads as before. A value or type hint
+msgspec cannot handle falls back to the SDK's converter, so nothing that decoded before stops
+decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DefaultPayloadConverter,
+    EncodingPayloadConverter,
+    JSONPlainPayloadConverter,
+)
+
+# "sorted" sorts dict keys and dataclass fields, as the SDK does: equal values give equal bytes.
+_ENCODER = msgspec.json.Encoder(order="sorted")
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder(type_hint: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(type_hint)
+
+
+class MsgspecJSONPlainPayloadConverter(EncodingPayloadConverter):
+    """Converts values to and from ``json/plain`` payloads with msgspec."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fallback = JSONPlainPayloadConverter()
+
+    @property
+    def encoding(self) -> str:
+        return "json/plain"
+
+    def to_payload(self, value: Any) -> Payload | None:
+        try:
+            data = _ENCODER.encode(value)
+        except TypeError:  # e.g. an object with a dict() method, which the SDK's encoder handles
+            return self._fallback.to_payload(value)
+        return Payload(metadata={"encoding": b"json/plain"}, data=data)
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        try:
+            if type_hint is None or type_hint is Any:
+                return msgspec.json.decode(payload.data)
+            return _decoder(type_hint).decode(payload.data)
+        except (TypeError, msgspec.DecodeError):
+            # A hint msgspec does not support (e.g. a sandbox proxy type), or data that does
+            # not match it: the SDK's converter decides, with its own lenience and errors.
+            return self._fallback.from_payload(payload, type_hint)
+
+
+class MsgspecPayloadConverter(CompositePayloadConverter):
+    """The SDK's default payload converter with ``json/plain`` handled by msgspec."""
+
+    def __init__(self) -> None:
+        json_converter = MsgspecJSONPlainPayloadConverter()
+        super().__init__(
+            *(
+                json_converter if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
