@@ -1,0 +1,195 @@
+"""What the benchmarks share: their own redis-server and dev server, the worker as a separate
+process, the machine they ran on, and output as rich tables or ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from config import ConfigError
+from demo import background, free_port, temporal_cli_path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+WORKER_READY_TIMEOUT_SECONDS = 60.0
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpus: int
+    cpu_model: str
+    memory_gib: float
+    python: str
+
+
+def machine() -> Machine:
+    """The machine a benchmark ran on, for its report."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line
+    ]
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return Machine(
+        cpus=os.cpu_count() or 0,
+        cpu_model=models[0] if models else platform.processor() or "unknown",
+        memory_gib=round(pages * page_size / 2**30, 1),
+        python=platform.python_version(),
+    )
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the results as one JSON document on stdout"
+    )
+
+
+def positive_ints(raw: str) -> list[int]:
+    """Parse a comma-separated list of positive whole numbers, as a flag type."""
+    try:
+        values = [int(part) for part in raw.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a comma-separated list of numbers >= 1")
+    return values
+
+
+def emit(as_json: bool, result: Any, tables: Sequence[Table]) -> None:
+    """Print ``result`` as JSON on stdout, or ``tables`` for a person to read."""
+    if as_json:
+        plain = asdict(result) if is_dataclass(result) and not isinstance(result, type) else result
+        print(json.dumps(plain, indent=2))
+        return
+    out = Console()
+    for table in tables:
+        out.print(table)
+
+
+def run_main(main: Any) -> int:
+    """Run a benchmark's ``main()``; a ConfigError ends in one sentence, not a traceback."""
+    try:
+        code: int = main()
+        return code
+    except ConfigError as err:
+        console.print(f"[red]bench: {err}[/]")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A `redis-server` of the benchmark's own on a free port; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigError("redis-server is not on PATH; install it (apt-get install redis-server).")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        command = [binary, "--port", str(port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--dir", data_dir]  # fmt: skip
+        with background(command, "redis-server", port):
+            yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextlib.contextmanager
+def temporal_dev_server() -> Iterator[str]:
+    """An in-memory Temporal dev server on a free port (never 7233); yields its address."""
+    port = free_port()
+    command = [str(temporal_cli_path()), "server", "start-dev", "--ip", "127.0.0.1",
+               "--port", str(port), "--headless", "--log-level", "error"]  # fmt: skip
+    with background(command, "The Temporal dev server", port):
+        yield f"127.0.0.1:{port}"
+
+
+class WorkerProcess:
+    """The sample's `worker.py` in a process of its own, so its memory can be measured."""
+
+    def __init__(self, temporal_address: str, redis_url: str, **env: str) -> None:
+        environment = os.environ | env | {"TEMPORAL_ADDRESS": temporal_address}
+        environment |= {"REDIS_URL": redis_url, "COLUMNS": "200"}
+        self._process = subprocess.Popen(
+            [sys.executable, "worker.py"],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.last_lines: deque[str] = deque(maxlen=20)
+
+    def wait_until_polling(self) -> None:
+        assert self._process.stderr is not None
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_SECONDS
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            line = self._process.stderr.readline()
+            if not line and self._process.poll() is not None:
+                raise ConfigError(f"The worker exited while starting: {' '.join(seen)[-300:]}")
+            seen.append(line.strip())
+            if "Worker polling" in line:
+                # Keep draining stderr so a chatty worker never blocks on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+        raise ConfigError("The worker did not start polling within a minute.")
+
+    def _drain(self) -> None:
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            self.last_lines.append(line.rstrip())
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident memory (VmHWM) so far."""
+        for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise ConfigError("This system has no /proc/<pid>/status VmHWM; run on Linux.")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+@contextlib.contextmanager
+def worker_process(temporal_address: str, redis_url: str, **env: str) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(temporal_address, redis_url, **env)
+    try:
+        worker.wait_until_polling()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    ordered = sorted(samples)
+    middle = len(ordered) // 2
+    value = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return round(value * 1000, 2)
+
+
+def mib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:,.2f} MiB"
+
+
+def machine_line(info: Machine) -> str:
+    return f"{info.cpus} CPUs ({info.cpu_model}), {info.memory_gib} GiB RAM, Python {info.python}"
