@@ -71,6 +71,17 @@ def positive_ints(raw: str) -> list[int]:
     return values
 
 
+def positive_int(raw: str) -> int:
+    """Parse one positive whole number, as a flag type."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
+    return value
+
+
 def emit(as_json: bool, result: Any, tables: Sequence[Table]) -> None:
     """Print ``result`` as JSON on stdout, or ``tables`` for a person to read."""
     if as_json:

@@ -30,6 +30,7 @@ from bench._common import (
     machine,
     machine_line,
     mib,
+    positive_int,
     positive_ints,
     redis_server,
     run_main,
@@ -249,14 +250,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--off-max",
-        type=int,
+        type=positive_int,
         default=50_000,
         help="largest batch to try with External Storage off (default 50000)",
     )
     add_json_flag(parser)
     args = parser.parse_args()
-    if args.off_max < 1:
-        parser.error(f"--off-max must be at least 1, got {args.off_max}")
     from bench._common import console
 
     with console.status("scale") as status:
