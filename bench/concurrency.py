@@ -108,7 +108,7 @@ async def run(batches: int, orders: int) -> ConcurrencyResult:
 
 def table(result: ConcurrencyResult) -> Table:
     out = Table(
-        title=f"{result.batches} batches at once, one worker ({machine_line(result.machine)})",
+        title=f"{result.batches} batches at once through one worker",
         title_justify="left",
         show_header=False,
     )
@@ -121,6 +121,7 @@ def table(result: ConcurrencyResult) -> Table:
     out.add_row("Worker peak RSS", mib(result.worker_peak_rss_bytes))
     out.add_row("Redis keys", f"{result.redis_keys:,}")
     out.add_row("Bytes in Redis", f"{result.redis_bytes:,}")
+    out.add_row("Machine", machine_line(result.machine))
     return out
 
 
