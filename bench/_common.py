@@ -18,14 +18,17 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+import redis.asyncio
 from rich.console import Console
 from rich.table import Table
 
 from config import ConfigError
 from demo import background, free_port, temporal_cli_path
 
+# What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
+RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 console = Console(stderr=True)

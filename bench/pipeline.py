@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
-import redis.asyncio
 from rich.table import Table
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
@@ -33,6 +32,7 @@ from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
 from activities import generate_orders
 from bench._common import (
     Machine,
+    RedisClient,
     add_json_flag,
     emit,
     machine,
@@ -77,7 +77,7 @@ class GzipCodec(PayloadCodec):
         return decoded
 
 
-def baseline_converter(client: redis.asyncio.Redis, key_prefix: str) -> DataConverter:
+def baseline_converter(client: RedisClient, key_prefix: str) -> DataConverter:
     driver = RedisStorageDriver(new_redis_asyncio_client(client), key_prefix=key_prefix)
     return dataclasses.replace(
         DataConverter.default,
@@ -144,7 +144,7 @@ class Samples:
         )
 
 
-async def _stored(client: redis.asyncio.Redis, key_prefix: str) -> tuple[int, int]:
+async def _stored(client: RedisClient, key_prefix: str) -> tuple[int, int]:
     """(bytes, keys) stored under ``key_prefix``."""
     keys = [key async for key in client.scan_iter(match=f"{key_prefix}:*")]
     sizes = [await client.strlen(key) for key in keys]
@@ -160,7 +160,7 @@ async def _timed(call: Callable[[], Awaitable[object]]) -> tuple[float, object]:
 
 async def _converter_round(
     converter: DataConverter,
-    client: redis.asyncio.Redis,
+    client: RedisClient,
     key_prefix: str,
     batch: OrderBatch,
     samples: Samples,
@@ -182,7 +182,7 @@ async def _converter_round(
 
 
 async def _floor_round(
-    client: redis.asyncio.Redis, batch: OrderBatch, stored: bytes, floors: dict[str, Samples]
+    client: RedisClient, batch: OrderBatch, stored: bytes, floors: dict[str, Samples]
 ) -> None:
     codecs: dict[str, tuple[Callable[[object], bytes], Callable[[bytes], object]]] = {
         "msgspec.json": (msgspec.json.encode, lambda b: msgspec.json.decode(b, type=OrderBatch)),
@@ -213,7 +213,7 @@ async def _floor_round(
 
 
 async def measure_size(
-    client: redis.asyncio.Redis, orders: int, rounds: int, progress: Callable[[str], None]
+    client: RedisClient, orders: int, rounds: int, progress: Callable[[str], None]
 ) -> SizeResult:
     batch = OrderBatch(f"BENCH-{orders}", generate_orders(f"BENCH-{orders}", orders))
     json_bytes = len(msgspec.json.encode(batch))

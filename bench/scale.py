@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis.asyncio
 from rich.table import Table
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from bench._common import (
     Machine,
+    RedisClient,
     add_json_flag,
     emit,
     machine,
@@ -94,7 +94,7 @@ async def _wait(handle: WorkflowHandle[Any, BatchSummary]) -> str | None:
 
 
 async def run_batch(
-    client: Client, redis_client: redis.asyncio.Redis, orders: int, external_storage: bool
+    client: Client, redis_client: RedisClient, orders: int, external_storage: bool
 ) -> BatchRun:
     """One batch on the running worker, from a flushed Redis."""
     await redis_client.flushdb()
@@ -137,7 +137,7 @@ async def run_batch(
 
 
 async def _largest_inline(
-    client: Client, redis_client: redis.asyncio.Redis, off_max: int, progress: Callable[[str], None]
+    client: Client, redis_client: RedisClient, off_max: int, progress: Callable[[str], None]
 ) -> tuple[BatchRun | None, BatchRun | None]:
     """The largest batch that completes with External Storage off, and the smallest that
     fails: doubling up to the first failure, then halving the gap down to OFF_STEP orders."""
