@@ -270,8 +270,8 @@ def tables(result: PipelineResult) -> list[Table]:
     out = []
     for size in result.sizes:
         table = Table(
-            title=f"{size.orders:,} orders, {mib(size.json_bytes)} of JSON "
-            f"(median of {result.rounds} rounds; {machine_line(result.machine)})",
+            title=f"{size.orders:,} orders, {mib(size.json_bytes)} of JSON, "
+            f"median of {result.rounds} rounds",
             title_justify="left",
             caption=(
                 f"baseline/ours: encode {size.baseline_over_ours_encode}x, decode "
@@ -279,7 +279,7 @@ def tables(result: PipelineResult) -> list[Table]:
                 f"{size.baseline_over_ours_round_trip}x · ours/floor "
                 f"{size.ours_over_floor_round_trip}x (floor = {size.floor_serializer} + "
                 f"Redis SET/GET) · Redis bytes ours/baseline "
-                f"{size.redis_bytes_ours_over_baseline}"
+                f"{size.redis_bytes_ours_over_baseline}\n{machine_line(result.machine)}"
             ),
             caption_justify="left",
         )
