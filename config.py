@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
@@ -168,3 +170,14 @@ async def connect_temporal(
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200]
+
+
+def exit_without_finalizing(code: int) -> NoReturn:
+    """Exit once everything is shut down, skipping interpreter finalization.
+
+    The SDK's native threads may still be dropping Python objects at exit; finalizing the
+    interpreter under them can abort the process (exit 134, "PyGILState_Release").
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from config import (
     DEFAULT_REDIS_URL,
     ConfigError,
     connected_client,
+    exit_without_finalizing,
     load_settings,
     open_redis,
     redact_url,
@@ -209,4 +209,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_finalizing(main())

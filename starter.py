@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +15,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, connected_client, load_settings
+from config import ConfigError, connected_client, exit_without_finalizing, load_settings
 from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
 from report import payload_report, payload_table, redis_keys, summary_table
 from workflows import ProcessOrderBatchWorkflow
@@ -181,9 +180,10 @@ if __name__ == "__main__":
     add_batch_arguments(arg_parser)
     batch_request = request_from_args(arg_parser.parse_args())
     try:
-        sys.exit(asyncio.run(main(batch_request)))
+        exit_code = asyncio.run(main(batch_request))
     except ConfigError as err:
         Console(stderr=True).print(f"[red]starter: {err}[/]")
-        sys.exit(1)
+        exit_code = 1
     except KeyboardInterrupt:
-        sys.exit(130)
+        exit_code = 130
+    exit_without_finalizing(exit_code)

@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import fetch_orders, process_orders
-from config import ConfigError, connected_client, load_settings, redact_url
+from config import ConfigError, connected_client, exit_without_finalizing, load_settings, redact_url
 from models import TASK_QUEUE
 from payload_metrics import prometheus_runtime
 from workflows import ProcessOrderBatchWorkflow
@@ -75,3 +75,4 @@ if __name__ == "__main__":
     except ConfigError as err:
         console.print(f"[red]worker: {err}[/]")
         sys.exit(1)
+    exit_without_finalizing(0)

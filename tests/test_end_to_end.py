@@ -111,9 +111,11 @@ def test_worker_and_starter_then_workflow_show(
         assert f":wi:order-batch-{batch_id}:" in reference["claimData"]["key"]
 
     worker_process.send_signal(signal.SIGINT)
-    assert worker_process.wait(timeout=30) == 0
+    code = worker_process.wait(timeout=30)
     assert worker_process.stderr is not None
-    assert "Worker stopped." in worker_process.stderr.read()
+    worker_log = worker_process.stderr.read()
+    assert code == 0, worker_log[-3000:]
+    assert "Worker stopped." in worker_log
 
 
 def demo_env() -> tuple[dict[str, str], str]:
