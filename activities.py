@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,9 @@ from models import Address, BatchSummary, Customer, LineItem, Order, OrderBatch,
 
 # Heartbeat after this many orders so cancellation and worker loss are noticed quickly.
 HEARTBEAT_EVERY = 500
+# Simulated per-order carrier-rate lookup in milliseconds (default 0): makes a small batch run
+# long enough to watch heartbeats, cancellation and a killed worker. config.py validates it.
+CARRIER_LATENCY_VARIABLE = "CARRIER_LOOKUP_LATENCY_MS"
 
 FIRST_NAMES = (
     "Olivia Liam Emma Noah Ava Elijah Sophia James Isabella William Mia Benjamin Charlotte Lucas "
@@ -337,7 +341,10 @@ async def process_orders(batch: OrderBatch) -> BatchSummary:
     """Price the shipping of every order and add up the batch, heartbeating as it goes."""
     cost_cents = grams = days = 0
     states: Counter[str] = Counter()
+    lookup_seconds = int(os.environ.get(CARRIER_LATENCY_VARIABLE) or 0) / 1000
     for done, order in enumerate(batch.orders, start=1):
+        if lookup_seconds:
+            await asyncio.sleep(lookup_seconds)
         order_cost, order_grams, order_days = shipping_quote(order)
         cost_cents, grams, days = cost_cents + order_cost, grams + order_grams, days + order_days
         states[order.customer.address.state] += 1

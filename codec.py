@@ -1,7 +1,8 @@
 """Compression codec and the one DataConverter factory shared by every part of the sample.
 
-Encode path: value -> JSON payload -> zstd-compressed payload -> (if still at or over the
-threshold) stored in Redis, with a small claim-check reference left in history.
+Encode path: value -> JSON payload -> zstd-compressed payload -> (optionally) AES-GCM
+encrypted payload -> (if still at or over the threshold) stored in Redis, with a small
+claim-check reference left in history.
 Decode path: the same steps in reverse.
 """
 
@@ -24,6 +25,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
+from encryption import AesGcmCodec, EncryptionKey
 from json_converter import MsgspecPayloadConverter
 from payload_metrics import MeteredStorageDriver
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
@@ -79,6 +81,25 @@ class ZstdCodec(PayloadCodec):
         return decoded
 
 
+class CodecChain(PayloadCodec):
+    """Applies codecs in order when encoding and in reverse order when decoding."""
+
+    def __init__(self, codecs: Sequence[PayloadCodec]) -> None:
+        self._codecs = list(codecs)
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        encoded = list(payloads)
+        for codec in self._codecs:
+            encoded = await codec.encode(encoded)
+        return encoded
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        decoded = list(payloads)
+        for codec in reversed(self._codecs):
+            decoded = await codec.decode(decoded)
+        return decoded
+
+
 def make_data_converter(
     redis_client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
     *,
@@ -89,6 +110,8 @@ def make_data_converter(
     retrieve_only: Sequence[StorageDriver] = (),
     keep_inline: Callable[[StorageDriverSelectContext, Payload], bool] | None = None,
     metric_meter: MetricMeter | None = None,
+    max_payload_size: int = 50 * 1024 * 1024,
+    encryption_keys: Sequence[EncryptionKey] = (),
 ) -> DataConverter:
     """Build the DataConverter that the worker, starter, demo and tests all use.
 
@@ -99,6 +122,8 @@ def make_data_converter(
     ``retrieve_only`` (e.g. the old name or the old Redis) only read existing claims.
     ``keep_inline`` returns True for payloads that stay in history despite their size.
     ``metric_meter`` records payloads offloaded and fetched (see payload_metrics.py).
+    With ``encryption_keys`` every payload is also encrypted after compression (the first
+    key encrypts, all decrypt; see encryption.py).
     """
     drivers: list[StorageDriver] = [
         RedisStorageDriver(
@@ -106,6 +131,7 @@ def make_data_converter(
             driver_name=driver_name,
             key_prefix=key_prefix,
             ttl=ttl,
+            max_payload_size=max_payload_size,
         ),
         *retrieve_only,
     ]
@@ -118,10 +144,13 @@ def make_data_converter(
     ) -> StorageDriver | None:
         return None if keep_inline and keep_inline(context, payload) else store_driver
 
+    codec: PayloadCodec = ZstdCodec()
+    if encryption_keys:
+        codec = CodecChain([codec, AesGcmCodec(encryption_keys)])
     return dataclasses.replace(
         DataConverter.default,
         payload_converter_class=MsgspecPayloadConverter,
-        payload_codec=ZstdCodec(),
+        payload_codec=codec,
         external_storage=ExternalStorage(
             drivers=drivers,
             driver_selector=select_driver,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 
+from activities import CARRIER_LATENCY_VARIABLE
 from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
+from encryption import KEYS_VARIABLE, EncryptionKey, parse_encryption_keys
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # A Redis Cluster is named by its scheme, e.g. redis+cluster://host:7000 (any node will do).
@@ -40,16 +43,24 @@ class Settings:
     redis_url: str
     payload_size_threshold: int
     payload_ttl: timedelta | None
+    encryption_keys: tuple[EncryptionKey, ...] = ()
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
-    """Read ``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD`` (bytes) and ``PAYLOAD_TTL_SECONDS``."""
+    """Read ``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD`` (bytes), ``PAYLOAD_TTL_SECONDS`` and
+    ``PAYLOAD_ENCRYPTION_KEYS`` (see encryption.py)."""
     threshold = _non_negative_int(env, "PAYLOAD_SIZE_THRESHOLD", DEFAULT_PAYLOAD_SIZE_THRESHOLD)
     ttl_seconds = _non_negative_int(env, "PAYLOAD_TTL_SECONDS", 0)
+    _non_negative_int(env, CARRIER_LATENCY_VARIABLE, 0)  # read by process_orders
+    try:
+        keys = parse_encryption_keys(env[KEYS_VARIABLE]) if env.get(KEYS_VARIABLE) else []
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return Settings(
         redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
         payload_size_threshold=threshold,
         payload_ttl=timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+        encryption_keys=tuple(keys),
     )
 
 
@@ -72,8 +83,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     user = f"{parts.username}:" if parts.username else ":"
-    host = parts.hostname or ""
-    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    # The text after '@', not parts.port: a malformed port must not make redaction fail.
+    netloc = f"{user}***@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -129,6 +140,7 @@ async def connected_client(
             payload_size_threshold=settings.payload_size_threshold,
             ttl=settings.payload_ttl,
             metric_meter=runtime.metric_meter if runtime else None,
+            encryption_keys=settings.encryption_keys,
         )
         yield await connect_temporal(converter, address=address, runtime=runtime)
     finally:
@@ -161,7 +173,9 @@ async def connect_temporal(
             CONNECT_TIMEOUT_SECONDS,
         )
     except (RuntimeError, OSError, TimeoutError) as err:
-        reason = _one_line(err) or "timed out"
+        # The core SDK's transport errors end in the OS's message; that is the useful part.
+        os_messages = re.findall(r'message: "([^"]+)"', str(err))
+        reason = (os_messages[-1] if os_messages else _one_line(err)) or "timed out"
         raise ConfigError(
             f"Could not connect to Temporal at {address} ({reason}); start a dev server "
             "with `uv run temporal server start-dev` or set TEMPORAL_ADDRESS."

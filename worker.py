@@ -15,6 +15,7 @@ from activities import fetch_orders, process_orders
 from config import ConfigError, connected_client, exit_without_finalizing, load_settings, redact_url
 from models import TASK_QUEUE
 from payload_metrics import prometheus_runtime
+from redis_checks import payload_risks_at
 from workflows import ProcessOrderBatchWorkflow
 
 console = Console(stderr=True)
@@ -39,6 +40,7 @@ async def main(metrics_port: int | None = None) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     async with connected_client(settings, runtime=runtime) as client:
+        risks = await payload_risks_at(settings.redis_url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -49,6 +51,8 @@ async def main(metrics_port: int | None = None) -> None:
                 f"{client.service_client.config.target_host}, payloads in Redis at "
                 f"{redact_url(settings.redis_url)}. Ctrl+C to stop."
             )
+            for risk in risks:
+                console.print(f"[yellow]warning: {risk}[/]")
             if metrics_port is not None:
                 console.print(f"Prometheus metrics on http://localhost:{metrics_port}/metrics")
             await stop.wait()
