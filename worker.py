@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from datetime import timedelta
 
 from rich.console import Console
 from temporalio.client import Client
@@ -28,6 +29,8 @@ def build_worker(client: Client) -> Worker:
         task_queue=TASK_QUEUE,
         workflows=[ProcessOrderBatchWorkflow],
         activities=[fetch_orders, process_orders],
+        # Send heartbeats at least every second, so a cancel reaches process_orders promptly.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 

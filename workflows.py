@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
 from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ApplicationError
 
@@ -53,7 +54,10 @@ class ProcessOrderBatchWorkflow:
             orders,
             result_type=BatchSummary,
             start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=20),
+            # A lost worker is noticed within 10 s; a cancel completes only once the activity
+            # has stopped, so "cancelled" means no order is still being priced.
+            heartbeat_timeout=timedelta(seconds=10),
             retry_policy=ACTIVITY_RETRY_POLICY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return summary

@@ -107,3 +107,12 @@ def client_with(temporal_env: WorkflowEnvironment, converter: DataConverter) -> 
     config = temporal_env.client.config()
     config["data_converter"] = converter
     return Client(**config)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for one test alone, not yet started: the test picks its options and
+    may stop and restart it (same port, same data directory)."""
+    server = RedisServer(port=free_port(), data_dir=tmp_path)
+    yield server
+    server.stop()
