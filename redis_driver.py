@@ -160,8 +160,8 @@ class RedisStorageDriver(StorageDriver):
 
     Keys are scoped by namespace and workflow or activity identity when the store context has
     a target, so identical bytes in the same scope share one key. Redis failures raise
-    ``RuntimeError`` (Temporal retries the task); a missing, invalid or tampered payload raises a
-    non-retryable :class:`~temporalio.exceptions.ApplicationError`.
+    ``RuntimeError`` (Temporal retries the task); a missing, invalid, tampered or oversized
+    payload raises a non-retryable :class:`~temporalio.exceptions.ApplicationError`.
     """
 
     def __init__(
@@ -217,10 +217,12 @@ class RedisStorageDriver(StorageDriver):
         blobs = [payload.SerializeToString(deterministic=True) for payload in payloads]
         for blob in blobs:
             if len(blob) > self._max_payload_size:
-                raise ValueError(
+                # Non-retryable: the same value is just as large on every attempt.
+                raise _non_retryable(
+                    "RedisPayloadTooLarge",
                     f"Payload of {len(blob)} bytes exceeds the RedisStorageDriver "
                     f"max_payload_size of {self._max_payload_size} bytes; raise "
-                    "max_payload_size or lower what the workflow passes."
+                    "max_payload_size or lower what the workflow passes.",
                 )
         return await _gather_with_cancellation([self._store(context, blob) for blob in blobs])
 

@@ -262,9 +262,10 @@ async def test_oversized_payload_is_rejected_before_anything_is_written(fake_red
     large = make_payload(b"x" * 200)
     size = len(large.SerializeToString(deterministic=True))
 
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ApplicationError) as error:
         await driver.store(WORKFLOW, [make_payload(b"small"), large])
 
+    assert error.value.type == "RedisPayloadTooLarge" and error.value.non_retryable
     assert f"Payload of {size} bytes" in str(error.value)
     assert "max_payload_size of 100 bytes" in str(error.value)
     assert await fake_redis.dbsize() == 0
