@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import ConfigError, connected_client, exit_without_finalizing, load_settings
@@ -59,7 +59,8 @@ def _order_count(raw: str) -> int:
         count = 0
     if not 1 <= count <= MAX_ORDER_COUNT:
         raise argparse.ArgumentTypeError(
-            f"{raw!r} is not a whole number from 1 to {MAX_ORDER_COUNT:,}"
+            f"{raw!r} is not a whole number from 1 to {MAX_ORDER_COUNT:,}; pass how many "
+            "orders the batch holds, e.g. --orders 5000"
         )
     return count
 
@@ -67,7 +68,9 @@ def _order_count(raw: str) -> int:
 def _batch_id(raw: str) -> str:
     if not raw.strip() or len(raw) > MAX_BATCH_ID_LENGTH or not raw.isprintable():
         raise argparse.ArgumentTypeError(
-            f"must be 1 to {MAX_BATCH_ID_LENGTH} printable characters, got {len(raw)}"
+            f"a batch id must be 1 to {MAX_BATCH_ID_LENGTH} printable characters and not "
+            f"only spaces, but this one has {len(raw)} characters; pass a visible id of at most "
+            f"{MAX_BATCH_ID_LENGTH} characters"
         )
     return raw
 
@@ -142,6 +145,12 @@ async def run_batch(client: Client, request: OrderBatchRequest, console: Console
     try:
         summary = await handle.result()
     except WorkflowFailureError as err:
+        if isinstance(err.cause, CancelledError):
+            console.print(
+                f"[yellow]Batch {request.batch_id} was cancelled before it completed; start it "
+                "again with the same --batch-id to process it from the beginning.[/]"
+            )
+            return 1
         console.print(f"[red]Batch {request.batch_id} did not complete: {err.cause}[/]")
         return 1
     description = await handle.describe()

@@ -23,7 +23,7 @@ from models import TASK_QUEUE, OrderBatchRequest
 from redis_checks import payload_risks
 from report import payloads_by_hop, storage_reference
 from starter import workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, free_port
+from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
 from tests.support import (
     activity_worker,
     history,
@@ -179,11 +179,9 @@ async def test_lost_or_tampered_order_list_fails_the_batch_naming_the_key(
     cause: str,
 ) -> None:
     own_redis.start()
-    redis_client = await open_redis(own_redis.url)
+    redis_client = redis.asyncio.Redis.from_url(own_redis.url)
     try:
-        config = temporal_env.client.config()
-        config["data_converter"] = make_data_converter(redis_client)
-        client = Client(**config)
+        client = client_with(temporal_env, make_data_converter(redis_client))
         handle, _, task_queue = await start_with_fetch_scheduled(client, prefix=damage.__name__)
         await run_fetch_only(handle, client, task_queue)
         key = order_list_key(await history(handle))
@@ -203,11 +201,9 @@ async def test_restart_without_persistence_loses_the_order_list(
 ) -> None:
     """The counterpart of the AOF restart in test_faults: without persistence, it is lost."""
     own_redis.start()  # --appendonly no, no save points
-    redis_client = await open_redis(own_redis.url)
+    redis_client = redis.asyncio.Redis.from_url(own_redis.url)
     try:
-        config = temporal_env.client.config()
-        config["data_converter"] = make_data_converter(redis_client)
-        client = Client(**config)
+        client = client_with(temporal_env, make_data_converter(redis_client))
         handle, _, task_queue = await start_with_fetch_scheduled(client, prefix="volatile")
         await run_fetch_only(handle, client, task_queue)
         own_redis.stop()
@@ -234,9 +230,10 @@ async def run_batch_expecting_failure(client: Client, batch_id: str) -> BaseExce
 async def test_ttl_shorter_than_the_batch_fails_it_naming_the_key(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
-    config = temporal_env.client.config()
-    config["data_converter"] = make_data_converter(redis_client, ttl=timedelta(milliseconds=1))
-    cause = await run_batch_expecting_failure(Client(**config), f"short-ttl-{uuid.uuid4().hex[:8]}")
+    converter = make_data_converter(redis_client, ttl=timedelta(milliseconds=1))
+    cause = await run_batch_expecting_failure(
+        client_with(temporal_env, converter), f"short-ttl-{uuid.uuid4().hex[:8]}"
+    )
 
     assert isinstance(cause, ApplicationError) and cause.non_retryable
     assert cause.type == "RedisPayloadNotFound"
@@ -247,9 +244,10 @@ async def test_ttl_shorter_than_the_batch_fails_it_naming_the_key(
 async def test_payload_over_max_payload_size_fails_naming_size_and_limit(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
-    config = temporal_env.client.config()
-    config["data_converter"] = make_data_converter(redis_client, max_payload_size=100_000)
-    cause = await run_batch_expecting_failure(Client(**config), f"too-large-{uuid.uuid4().hex[:8]}")
+    converter = make_data_converter(redis_client, max_payload_size=100_000)
+    cause = await run_batch_expecting_failure(
+        client_with(temporal_env, converter), f"too-large-{uuid.uuid4().hex[:8]}"
+    )
 
     assert isinstance(cause, ActivityError)  # fetch_orders could not hand over its result
     error = cause.cause

@@ -15,16 +15,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from codec import make_data_converter
-from config import open_redis
 from models import TASK_QUEUE, OrderBatchRequest
 from starter import workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, temporal_cli_path
+from tests.conftest import PROJECT_DIR, RedisServer, client_with, temporal_cli_path
 from tests.support import (
     ACTIVITY_COMPLETED,
     WORKFLOW_TASK_FAILED,
@@ -47,21 +46,15 @@ AOF = ("--appendonly", "yes")
 async def aof_redis(own_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
     """A client of a redis-server with AOF persistence that the test may stop and restart."""
     own_redis.start(*AOF)
-    client = await open_redis(own_redis.url)
+    client = redis.asyncio.Redis.from_url(own_redis.url)
     yield client
     await client.aclose()
-
-
-def client_with(temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis) -> Client:
-    config = temporal_env.client.config()
-    config["data_converter"] = make_data_converter(redis_client)
-    return Client(**config)
 
 
 async def test_redis_outage_mid_batch_is_retried_and_the_batch_completes(
     temporal_env: WorkflowEnvironment, own_redis: RedisServer, aof_redis: redis.asyncio.Redis
 ) -> None:
-    client = client_with(temporal_env, aof_redis)
+    client = client_with(temporal_env, make_data_converter(aof_redis))
     handle, request, task_queue = await start_with_fetch_scheduled(client, prefix="outage")
 
     # Redis goes away just as fetch_orders runs: storing its order list fails and is retried.
@@ -131,7 +124,7 @@ async def wait_until_processing(handle: WorkflowHandle[Any, Any]) -> None:
 async def test_killed_worker_is_replaced_and_the_batch_completes(
     temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
 ) -> None:
-    client = client_with(temporal_env, redis_client)
+    client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"kill-{uuid.uuid4().hex[:8]}", 5_000)
     slow = {"CARRIER_LOOKUP_LATENCY_MS": "2"}  # about 10 s of pricing, so there is a middle
     first = start_worker(temporal_env, redis_server.url, **slow)
@@ -167,7 +160,7 @@ async def test_cancel_stops_process_orders_and_the_starter_says_cancelled(
     temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    client = client_with(temporal_env, redis_client)
+    client = client_with(temporal_env, make_data_converter(redis_client))
     batch_id = f"cancel-{uuid.uuid4().hex[:8]}"
     worker = start_worker(temporal_env, redis_server.url, CARRIER_LOOKUP_LATENCY_MS="5")
     env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="200")
@@ -226,7 +219,7 @@ async def test_replay_of_a_finished_batch_resolves_its_references(
     redis_client: redis.asyncio.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = client_with(temporal_env, redis_client)
+    client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"replay-{uuid.uuid4().hex[:8]}", 5_000)
     async with build_worker(client):
         handle = await client.start_workflow(
@@ -256,10 +249,10 @@ async def test_fifty_batches_at_once_through_one_worker(
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    config = temporal_env.client.config()
     # A lower threshold sends each 300-order list (about 28 KiB compressed) to Redis.
-    config["data_converter"] = make_data_converter(redis_client, payload_size_threshold=16 * 1024)
-    client = Client(**config)
+    client = client_with(
+        temporal_env, make_data_converter(redis_client, payload_size_threshold=16 * 1024)
+    )
     requests = [OrderBatchRequest(f"load-{uuid.uuid4().hex[:8]}-{n}", 300) for n in range(50)]
     caplog.set_level(logging.WARNING)
     async with build_worker(client):

@@ -32,7 +32,7 @@ from encryption import ENCRYPTED_ENCODING, KEY_ID_METADATA, AesGcmCodec, parse_e
 from models import TASK_QUEUE, OrderBatchRequest
 from report import payload_report, payloads_by_hop, storage_reference
 from starter import run_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer
+from tests.conftest import PROJECT_DIR, RedisServer, client_with
 from tests.support import history, undisturbed_summary
 from tests.test_end_to_end import user_env
 from worker import build_worker
@@ -61,9 +61,9 @@ HOSTILE_BATCH_IDS = [
 async def test_hostile_ids_cannot_reach_another_workflows_keys(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
-    config = temporal_env.client.config()
-    config["data_converter"] = make_data_converter(redis_client, payload_size_threshold=16 * 1024)
-    client = Client(**config)
+    client = client_with(
+        temporal_env, make_data_converter(redis_client, payload_size_threshold=16 * 1024)
+    )
     suffix = uuid.uuid4().hex[:6]
     scopes = {}
     async with build_worker(client):
@@ -227,9 +227,7 @@ async def test_encrypted_batch_leaves_no_customer_data_in_redis(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
     keys = parse_encryption_keys(KEY_1)
-    config = temporal_env.client.config()
-    config["data_converter"] = make_data_converter(redis_client, encryption_keys=keys)
-    client = Client(**config)
+    client = client_with(temporal_env, make_data_converter(redis_client, encryption_keys=keys))
     request = OrderBatchRequest(f"sealed-{uuid.uuid4().hex[:8]}", 5_000)
     async with build_worker(client):
         summary = await client.execute_workflow(
@@ -262,11 +260,10 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
     async def run_with(keys: str, batch_id: str) -> Client:
-        config = temporal_env.client.config()
-        config["data_converter"] = make_data_converter(
-            redis_client, encryption_keys=parse_encryption_keys(keys)
+        client = client_with(
+            temporal_env,
+            make_data_converter(redis_client, encryption_keys=parse_encryption_keys(keys)),
         )
-        client = Client(**config)
         async with build_worker(client):
             console = Console(record=True, width=200)
             assert await run_batch(client, OrderBatchRequest(batch_id, 5_000), console) == 0
