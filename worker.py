@@ -54,10 +54,10 @@ async def main(metrics_port: int | None = None) -> None:
                 f"{client.service_client.config.target_host}, payloads in Redis at "
                 f"{redact_url(settings.redis_url)}. Ctrl+C to stop."
             )
-            for risk in risks:
-                console.print(f"[yellow]warning: {risk}[/]")
             if metrics_port is not None:
                 console.print(f"Prometheus metrics on http://localhost:{metrics_port}/metrics")
+            for risk in risks:
+                console.print(f"[yellow]warning: {risk}[/]")
             await stop.wait()
             console.print("Shutting down: finishing in-flight tasks...")
         console.print("Worker stopped.")
