@@ -351,6 +351,7 @@ async def main(args: argparse.Namespace) -> None:
             redis_client,
             payload_size_threshold=settings.payload_size_threshold,
             ttl=settings.payload_ttl,
+            encryption_keys=settings.encryption_keys,
         )
         origins = args.ui_origin or [DEFAULT_UI_ORIGIN]
         app = build_app(converter, ui_origins=origins, auth_token=args.auth_token)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 import redis.asyncio
 import zstandard
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from google.protobuf import json_format
 from rich.console import Console
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
@@ -27,9 +29,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import generate_orders
 from codec import make_data_converter
+from codec_server import build_app, serve
 from config import ConfigError, load_settings, open_redis
 from encryption import ENCRYPTED_ENCODING, KEY_ID_METADATA, AesGcmCodec, parse_encryption_keys
-from models import TASK_QUEUE, OrderBatchRequest
+from models import TASK_QUEUE, OrderBatch, OrderBatchRequest
 from report import payload_report, payloads_by_hop, storage_reference
 from starter import run_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
@@ -292,6 +295,27 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
         await payload_report(old_handle, new_only)
     assert caught.value.type == "PayloadEncryptionKeyUnknown" and caught.value.non_retryable
     assert "'2025-11'" in str(caught.value)
+
+
+async def test_codec_server_decodes_encrypted_payloads(redis_client: redis.asyncio.Redis) -> None:
+    converter = make_data_converter(
+        redis_client, payload_size_threshold=8 * 1024, encryption_keys=parse_encryption_keys(KEY_1)
+    )
+    values = [OrderBatchRequest("coded", 300), OrderBatch("coded", generate_orders("coded", 300))]
+    originals = converter.payload_converter.to_payloads(values)
+    encoded = await converter.encode(values)
+    assert storage_reference(encoded[1]) is not None  # the order list went to Redis, encrypted
+    assert encoded[0].metadata["encoding"] == ENCRYPTED_ENCODING
+
+    body = {"payloads": [json_format.MessageToDict(p) for p in encoded]}
+    async with (
+        serve(build_app(converter), "127.0.0.1", 0) as url,
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/decode", json=body) as response,
+    ):
+        assert response.status == 200, await response.text()
+        decoded = [json_format.ParseDict(p, Payload()) for p in (await response.json())["payloads"]]
+    assert decoded == originals
 
 
 async def test_encrypted_payloads_are_deterministic_and_tamper_evident() -> None:
