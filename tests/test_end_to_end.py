@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,15 +28,18 @@ def user_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def worker_process(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer
-) -> Iterator[subprocess.Popen[str]]:
+def start_worker(
+    temporal_env: WorkflowEnvironment, redis_url: str, *, via_uv: bool = False, **env: str
+) -> subprocess.Popen[str]:
+    """`worker.py` as its own process, returned once it polls.
+
+    ``via_uv`` runs it exactly as the README says; without it the process is Python itself,
+    so a test can SIGKILL the worker and not just uv."""
     address = temporal_env.client.service_client.config.target_host
     process = subprocess.Popen(
-        ["uv", "run", "worker.py"],
+        ["uv", "run", "worker.py"] if via_uv else [sys.executable, "worker.py"],
         cwd=PROJECT_DIR,
-        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url),
+        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, **env),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -43,6 +47,14 @@ def worker_process(
     assert process.stderr is not None
     first_line = process.stderr.readline()
     assert "Worker polling task queue" in first_line, first_line
+    return process
+
+
+@pytest.fixture
+def worker_process(
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer
+) -> Iterator[subprocess.Popen[str]]:
+    process = start_worker(temporal_env, redis_server.url, via_uv=True)
     yield process
     if process.poll() is None:
         process.kill()

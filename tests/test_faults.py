@@ -35,7 +35,7 @@ from tests.support import (
     wait_for_event,
     workflow_worker,
 )
-from tests.test_end_to_end import user_env
+from tests.test_end_to_end import start_worker, user_env
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 
@@ -90,25 +90,6 @@ async def test_redis_outage_mid_batch_is_retried_and_the_batch_completes(
     )
 
 
-def start_worker(
-    temporal_env: WorkflowEnvironment, redis_url: str, **env: str
-) -> subprocess.Popen[str]:
-    """`worker.py` as its own process (so the test can SIGKILL it), polling once it returns."""
-    address = temporal_env.client.service_client.config.target_host
-    process = subprocess.Popen(
-        [sys.executable, "worker.py"],
-        cwd=PROJECT_DIR,
-        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, **env),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    first_line = process.stderr.readline()
-    assert "Worker polling task queue" in first_line, first_line
-    return process
-
-
 async def wait_until_processing(handle: WorkflowHandle[Any, Any]) -> None:
     """Wait until process_orders has heartbeated, i.e. it is part-way through the batch."""
     deadline = time.monotonic() + 120
@@ -126,8 +107,8 @@ async def test_killed_worker_is_replaced_and_the_batch_completes(
 ) -> None:
     client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"kill-{uuid.uuid4().hex[:8]}", 5_000)
-    slow = {"CARRIER_LOOKUP_LATENCY_MS": "2"}  # about 10 s of pricing, so there is a middle
-    first = start_worker(temporal_env, redis_server.url, **slow)
+    # About 10 s of pricing, so there is a middle to kill the worker in.
+    first = start_worker(temporal_env, redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
     try:
         handle = await client.start_workflow(
             ProcessOrderBatchWorkflow.run,
