@@ -16,7 +16,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities import fetch_orders, generate_orders, process_orders
-from models import BatchSummary, OrderBatch, OrderBatchRequest
+from models import TASK_QUEUE, BatchSummary, OrderBatch, OrderBatchRequest
 from starter import DEFAULT_ORDER_COUNT, workflow_id_for
 from workflows import ProcessOrderBatchWorkflow
 
@@ -75,6 +75,18 @@ async def wait_for_attempt(
     raise AssertionError(f"{handle.id}'s activity did not reach attempt {attempt} in {within}s")
 
 
+async def start_batch(
+    client: Client, request: OrderBatchRequest, *, task_queue: str = TASK_QUEUE
+) -> WorkflowHandle[ProcessOrderBatchWorkflow, BatchSummary]:
+    """Start a batch under the workflow id the starter gives it."""
+    return await client.start_workflow(
+        ProcessOrderBatchWorkflow.run,
+        request,
+        id=workflow_id_for(request.batch_id),
+        task_queue=task_queue,
+    )
+
+
 async def start_with_fetch_scheduled(
     client: Client, order_count: int = DEFAULT_ORDER_COUNT, prefix: str = "paused"
 ) -> tuple[WorkflowHandle[Any, BatchSummary], OrderBatchRequest, str]:
@@ -87,12 +99,7 @@ async def start_with_fetch_scheduled(
     """
     task_queue = f"{prefix}-{uuid.uuid4().hex[:8]}"
     request = OrderBatchRequest(f"{prefix}-{uuid.uuid4().hex[:8]}", order_count)
-    handle = await client.start_workflow(
-        ProcessOrderBatchWorkflow.run,
-        request,
-        id=workflow_id_for(request.batch_id),
-        task_queue=task_queue,
-    )
+    handle = await start_batch(client, request, task_queue=task_queue)
     async with workflow_worker(client, task_queue):
         await wait_for_event(handle, lambda event: event.event_type == FETCH_SCHEDULED)
     return handle, request, task_queue

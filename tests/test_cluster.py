@@ -18,12 +18,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from codec import make_data_converter
 from config import open_redis
-from models import TASK_QUEUE, OrderBatchRequest
+from models import OrderBatchRequest
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
+from tests.support import start_batch
 from tests.test_workflow import expected_summary
 from worker import build_worker
-from workflows import ProcessOrderBatchWorkflow
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +85,7 @@ async def test_batches_through_a_redis_cluster(
         requests = [OrderBatchRequest(f"cluster-{uuid.uuid4().hex[:6]}", 300) for _ in range(2)]
         async with build_worker(client):
             for request in requests:
-                summary = await client.execute_workflow(
-                    ProcessOrderBatchWorkflow.run,
-                    request,
-                    id=workflow_id_for(request.batch_id),
-                    task_queue=TASK_QUEUE,
-                )
+                summary = await (await start_batch(client, request)).result()
                 cost, grams = expected_summary(request.batch_id, request.order_count)
                 assert (summary.total_shipping_cost_cents, summary.total_weight_grams) == (
                     cost,

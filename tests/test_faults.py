@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from codec import make_data_converter
-from models import TASK_QUEUE, OrderBatchRequest
+from models import OrderBatchRequest
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, temporal_cli_path
 from tests.support import (
@@ -29,6 +29,7 @@ from tests.support import (
     WORKFLOW_TASK_FAILED,
     activity_worker,
     history,
+    start_batch,
     start_with_fetch_scheduled,
     undisturbed_summary,
     wait_for_attempt,
@@ -110,12 +111,7 @@ async def test_killed_worker_is_replaced_and_the_batch_completes(
     # About 10 s of pricing, so there is a middle to kill the worker in.
     first = start_worker(temporal_env, redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
     try:
-        handle = await client.start_workflow(
-            ProcessOrderBatchWorkflow.run,
-            request,
-            id=workflow_id_for(request.batch_id),
-            task_queue=TASK_QUEUE,
-        )
+        handle = await start_batch(client, request)
         await wait_until_processing(handle)
     finally:
         first.send_signal(signal.SIGKILL)
@@ -203,12 +199,7 @@ async def test_replay_of_a_finished_batch_resolves_its_references(
     client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"replay-{uuid.uuid4().hex[:8]}", 5_000)
     async with build_worker(client):
-        handle = await client.start_workflow(
-            ProcessOrderBatchWorkflow.run,
-            request,
-            id=workflow_id_for(request.batch_id),
-            task_queue=TASK_QUEUE,
-        )
+        handle = await start_batch(client, request)
         await handle.result()
     workflow_history = await handle.fetch_history()
     replayer = Replayer(workflows=[ProcessOrderBatchWorkflow], data_converter=client.data_converter)
@@ -237,15 +228,7 @@ async def test_fifty_batches_at_once_through_one_worker(
     requests = [OrderBatchRequest(f"load-{uuid.uuid4().hex[:8]}-{n}", 300) for n in range(50)]
     caplog.set_level(logging.WARNING)
     async with build_worker(client):
-        handles = [
-            await client.start_workflow(
-                ProcessOrderBatchWorkflow.run,
-                request,
-                id=workflow_id_for(request.batch_id),
-                task_queue=TASK_QUEUE,
-            )
-            for request in requests
-        ]
+        handles = [await start_batch(client, request) for request in requests]
         summaries = await asyncio.gather(*(handle.result() for handle in handles))
 
     for request, summary in zip(requests, summaries, strict=True):

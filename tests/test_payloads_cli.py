@@ -16,10 +16,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from codec import make_data_converter
-from models import TASK_QUEUE, OrderBatchRequest
+from models import OrderBatchRequest
 from payloads import parse_key, plan_gc
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
+from tests.support import start_batch
 from tests.test_workflow import expected_summary
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
@@ -62,19 +63,9 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
     finished = OrderBatchRequest(f"gc-done-{uuid.uuid4().hex[:6]}", ORDERS)
     running = OrderBatchRequest(f"gc-running-{uuid.uuid4().hex[:6]}", ORDERS)
     async with build_worker(client):
-        await client.execute_workflow(
-            ProcessOrderBatchWorkflow.run,
-            finished,
-            id=workflow_id_for(finished.batch_id),
-            task_queue=TASK_QUEUE,
-        )
+        await (await start_batch(client, finished)).result()
     # No worker polls now, so this batch stays running until one does.
-    running_handle = await client.start_workflow(
-        ProcessOrderBatchWorkflow.run,
-        running,
-        id=workflow_id_for(running.batch_id),
-        task_queue=TASK_QUEUE,
-    )
+    running_handle = await start_batch(client, running)
     # An orphan: a payload of a run that Temporal does not know (e.g. long purged).
     [driver] = converter.external_storage.drivers  # type: ignore[union-attr]
     orphan_run = str(uuid.uuid4())
@@ -144,12 +135,7 @@ async def test_gc_deletes_a_closed_run_once_past_retention(
     client = client_with(temporal_env, converter)
     request = OrderBatchRequest(f"gc-old-{uuid.uuid4().hex[:6]}", ORDERS)
     async with build_worker(client):
-        handle = await client.start_workflow(
-            ProcessOrderBatchWorkflow.run,
-            request,
-            id=workflow_id_for(request.batch_id),
-            task_queue=TASK_QUEUE,
-        )
+        handle = await start_batch(client, request)
         await handle.result()
     description = await handle.describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED

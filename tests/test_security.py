@@ -36,7 +36,7 @@ from models import TASK_QUEUE, OrderBatch, OrderBatchRequest
 from report import payload_report, payloads_by_hop, storage_reference
 from starter import run_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import history, undisturbed_summary
+from tests.support import history, start_batch, undisturbed_summary
 from tests.test_end_to_end import user_env
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
@@ -233,12 +233,7 @@ async def test_encrypted_batch_leaves_no_customer_data_in_redis(
     client = client_with(temporal_env, make_data_converter(redis_client, encryption_keys=keys))
     request = OrderBatchRequest(f"sealed-{uuid.uuid4().hex[:8]}", 5_000)
     async with build_worker(client):
-        summary = await client.execute_workflow(
-            ProcessOrderBatchWorkflow.run,
-            request,
-            id=workflow_id_for(request.batch_id),
-            task_queue=TASK_QUEUE,
-        )
+        summary = await (await start_batch(client, request)).result()
     assert summary == await undisturbed_summary(request)
 
     [key] = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
