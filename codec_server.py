@@ -48,8 +48,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
-from codec import make_data_converter
-from config import ConfigError, load_settings, open_redis, redact_url
+from config import ConfigError, data_converter, load_settings, redact_url
 from report import storage_reference
 
 DEFAULT_HOST = "127.0.0.1"
@@ -345,14 +344,7 @@ def _port(value: str) -> int:
 async def main(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
     settings = load_settings()
-    redis_client = await open_redis(settings.redis_url)
-    try:
-        converter = make_data_converter(
-            redis_client,
-            payload_size_threshold=settings.payload_size_threshold,
-            ttl=settings.payload_ttl,
-            encryption_keys=settings.encryption_keys,
-        )
+    async with data_converter(settings) as converter:
         origins = args.ui_origin or [DEFAULT_UI_ORIGIN]
         app = build_app(converter, ui_origins=origins, auth_token=args.auth_token)
         stop = asyncio.Event()
@@ -370,8 +362,6 @@ async def main(args: argparse.Namespace) -> None:
             )
             await stop.wait()
         console.print("Codec server stopped.")
-    finally:
-        await redis_client.aclose()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
 from temporalio.client import Client
+from temporalio.common import MetricMeter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
@@ -126,6 +127,25 @@ async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisClust
 
 
 @contextlib.asynccontextmanager
+async def data_converter(
+    settings: Settings, *, metric_meter: MetricMeter | None = None
+) -> AsyncIterator[DataConverter]:
+    """The shared DataConverter configured from ``settings``, over a Redis client closed on
+    exit."""
+    redis_client = await open_redis(settings.redis_url)
+    try:
+        yield make_data_converter(
+            redis_client,
+            payload_size_threshold=settings.payload_size_threshold,
+            ttl=settings.payload_ttl,
+            metric_meter=metric_meter,
+            encryption_keys=settings.encryption_keys,
+        )
+    finally:
+        await redis_client.aclose()
+
+
+@contextlib.asynccontextmanager
 async def connected_client(
     settings: Settings, *, address: str | None = None, runtime: Runtime | None = None
 ) -> AsyncIterator[Client]:
@@ -133,18 +153,9 @@ async def connected_client(
 
     With a ``runtime``, the client reports metrics there, payload traffic included.
     """
-    redis_client = await open_redis(settings.redis_url)
-    try:
-        converter = make_data_converter(
-            redis_client,
-            payload_size_threshold=settings.payload_size_threshold,
-            ttl=settings.payload_ttl,
-            metric_meter=runtime.metric_meter if runtime else None,
-            encryption_keys=settings.encryption_keys,
-        )
+    metric_meter = runtime.metric_meter if runtime else None
+    async with data_converter(settings, metric_meter=metric_meter) as converter:
         yield await connect_temporal(converter, address=address, runtime=runtime)
-    finally:
-        await redis_client.aclose()
 
 
 async def connect_temporal(

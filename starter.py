@@ -75,6 +75,19 @@ def _batch_id(raw: str) -> str:
     return raw
 
 
+async def start_batch(
+    client: Client, request: OrderBatchRequest, *, task_queue: str = TASK_QUEUE, **options: Any
+) -> WorkflowHandle[ProcessOrderBatchWorkflow, BatchSummary]:
+    """Start the batch's workflow under the id derived from its batch id."""
+    return await client.start_workflow(
+        ProcessOrderBatchWorkflow.run,
+        request,
+        id=workflow_id_for(request.batch_id),
+        task_queue=task_queue,
+        **options,
+    )
+
+
 async def start_or_find(
     client: Client, request: OrderBatchRequest
 ) -> tuple[WorkflowHandle[Any, BatchSummary], bool]:
@@ -95,11 +108,9 @@ async def start_or_find(
             raise
         already = False
     try:
-        handle = await client.start_workflow(
-            ProcessOrderBatchWorkflow.run,
+        handle = await start_batch(
+            client,
             request,
-            id=workflow_id,
-            task_queue=TASK_QUEUE,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )

@@ -31,9 +31,8 @@ from bench._common import (
 )
 from codec import make_data_converter
 from config import ConfigError, open_redis
-from models import TASK_QUEUE, OrderBatchRequest
-from starter import DEFAULT_ORDER_COUNT, workflow_id_for
-from workflows import ProcessOrderBatchWorkflow
+from models import OrderBatchRequest
+from starter import DEFAULT_ORDER_COUNT, start_batch
 
 DEFAULT_BATCHES = 50
 ALL_DONE_TIMEOUT_SECONDS = 1_200.0
@@ -62,15 +61,7 @@ async def run(batches: int, orders: int) -> ConcurrencyResult:
             with worker_process(address, redis_url) as worker:
                 started = time.monotonic()
                 handles = await asyncio.gather(
-                    *(
-                        client.start_workflow(
-                            ProcessOrderBatchWorkflow.run,
-                            request,
-                            id=workflow_id_for(request.batch_id),
-                            task_queue=TASK_QUEUE,
-                        )
-                        for request in requests
-                    )
+                    *(start_batch(client, request) for request in requests)
                 )
                 try:
                     summaries = await asyncio.wait_for(

@@ -16,8 +16,8 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities import fetch_orders, generate_orders, process_orders
-from models import TASK_QUEUE, BatchSummary, OrderBatch, OrderBatchRequest
-from starter import DEFAULT_ORDER_COUNT, workflow_id_for
+from models import BatchSummary, OrderBatch, OrderBatchRequest
+from starter import DEFAULT_ORDER_COUNT, start_batch
 from workflows import ProcessOrderBatchWorkflow
 
 FETCH_SCHEDULED = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
@@ -73,18 +73,6 @@ async def wait_for_attempt(
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{handle.id}'s activity did not reach attempt {attempt} in {within}s")
-
-
-async def start_batch(
-    client: Client, request: OrderBatchRequest, *, task_queue: str = TASK_QUEUE
-) -> WorkflowHandle[ProcessOrderBatchWorkflow, BatchSummary]:
-    """Start a batch under the workflow id the starter gives it."""
-    return await client.start_workflow(
-        ProcessOrderBatchWorkflow.run,
-        request,
-        id=workflow_id_for(request.batch_id),
-        task_queue=task_queue,
-    )
 
 
 async def start_with_fetch_scheduled(

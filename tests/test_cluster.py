@@ -19,9 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 from codec import make_data_converter
 from config import open_redis
 from models import OrderBatchRequest
-from starter import workflow_id_for
+from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
-from tests.support import start_batch
 from tests.test_workflow import expected_summary
 from worker import build_worker
 

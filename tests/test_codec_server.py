@@ -31,6 +31,7 @@ from models import TASK_QUEUE, OrderBatch, OrderBatchRequest
 from report import storage_reference
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, free_port, temporal_cli_path
+from tests.test_end_to_end import start_kept_demo
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 
@@ -387,23 +388,8 @@ def test_the_script_explains_an_unreachable_redis(script_env: dict[str, str]) ->
 def test_demo_points_its_web_ui_at_its_codec_server(script_env: dict[str, str]) -> None:
     # A REDIS_URL that does not answer makes the demo start its own redis-server.
     env = {**script_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "COLUMNS": "200"}
-    demo = subprocess.Popen(
-        ["uv", "run", "demo.py", "--keep-running", "--orders", "200"],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert demo.stdout is not None
+    demo, output = start_kept_demo(env)
     try:
-        seen = []
-        for line in demo.stdout:
-            seen.append(line)
-            if "Ctrl+C to stop everything" in line:
-                break
-        output = "".join(seen)
         [endpoint] = re.findall(r"Codec server: (http://127\.0\.0\.1:\d+)", output)
         [ui_url] = re.findall(r"open (http://localhost:\d+) to explore", output)
         assert f"Add --codec-endpoint {endpoint} to the command above" in output

@@ -157,8 +157,9 @@ def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
     assert processes_with_marker(marker) == []
 
 
-def test_demo_ctrl_c_stops_everything() -> None:
-    env, marker = demo_env()
+def start_kept_demo(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`uv run demo.py --keep-running` in a session of its own, returned once it waits for
+    Ctrl+C, with what it printed until then."""
     demo = subprocess.Popen(
         ["uv", "run", "demo.py", "--keep-running", "--orders", "200"],
         cwd=PROJECT_DIR,
@@ -174,7 +175,13 @@ def test_demo_ctrl_c_stops_everything() -> None:
         seen.append(line)
         if "Ctrl+C to stop everything" in line:
             break
-    assert any("Keeping the dev server up" in line for line in seen), "".join(seen)
+    return demo, "".join(seen)
+
+
+def test_demo_ctrl_c_stops_everything() -> None:
+    env, marker = demo_env()
+    demo, output = start_kept_demo(env)
+    assert "Keeping the dev server up" in output, output
     assert len(processes_with_marker(marker)) >= 3  # uv/python, temporal, redis-server
     os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends
     demo.wait(timeout=60)

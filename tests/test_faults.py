@@ -22,14 +22,13 @@ from temporalio.worker import Replayer
 
 from codec import make_data_converter
 from models import OrderBatchRequest
-from starter import workflow_id_for
+from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, temporal_cli_path
 from tests.support import (
     ACTIVITY_COMPLETED,
     WORKFLOW_TASK_FAILED,
     activity_worker,
     history,
-    start_batch,
     start_with_fetch_scheduled,
     undisturbed_summary,
     wait_for_attempt,

@@ -14,12 +14,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from codec import make_data_converter
-from models import TASK_QUEUE, OrderBatchRequest
-from starter import workflow_id_for
+from models import OrderBatchRequest
+from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
 from tests.test_end_to_end import user_env
 from tests.test_workflow import expected_summary
-from workflows import ProcessOrderBatchWorkflow
 
 THRESHOLD = 10_000  # small, so even these small batches go through Redis
 BATCHES = 6
@@ -68,17 +67,8 @@ async def test_two_worker_processes_share_the_batches(
     requests = [
         OrderBatchRequest(f"scale-{uuid.uuid4().hex[:6]}", 300 + 100 * n) for n in range(BATCHES)
     ]
-    summaries = await asyncio.gather(
-        *(
-            client.execute_workflow(
-                ProcessOrderBatchWorkflow.run,
-                request,
-                id=workflow_id_for(request.batch_id),
-                task_queue=TASK_QUEUE,
-            )
-            for request in requests
-        )
-    )
+    handles = [await start_batch(client, request) for request in requests]
+    summaries = await asyncio.gather(*(handle.result() for handle in handles))
     identities: set[str] = set()
     for request, summary in zip(requests, summaries, strict=True):
         cost, grams = expected_summary(request.batch_id, request.order_count)

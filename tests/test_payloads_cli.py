@@ -18,9 +18,8 @@ from temporalio.worker import Replayer
 from codec import make_data_converter
 from models import OrderBatchRequest
 from payloads import parse_key, plan_gc
-from starter import workflow_id_for
+from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import start_batch
 from tests.test_workflow import expected_summary
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow

@@ -34,9 +34,9 @@ from config import ConfigError, load_settings, open_redis
 from encryption import ENCRYPTED_ENCODING, KEY_ID_METADATA, AesGcmCodec, parse_encryption_keys
 from models import TASK_QUEUE, OrderBatch, OrderBatchRequest
 from report import payload_report, payloads_by_hop, storage_reference
-from starter import run_batch, workflow_id_for
+from starter import run_batch, start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import history, start_batch, undisturbed_summary
+from tests.support import history, undisturbed_summary
 from tests.test_end_to_end import user_env
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
