@@ -66,27 +66,36 @@ def payloads_by_hop(events: list[HistoryEvent]) -> list[tuple[str, Payload]]:
 async def payload_report(
     handle: WorkflowHandle[object, object], converter: DataConverter
 ) -> list[PayloadHop]:
-    """Follow every payload of the run: fetch references from Redis, then decompress."""
+    """Follow every payload of the run: fetch references from Redis, then decompress.
+
+    Hops that carry the same payload (both order-list hops share one key) are read once.
+    """
     events = [event async for event in handle.fetch_history_events()]
+    sizes: dict[bytes, tuple[int, int]] = {}  # payload in history -> (original, compressed)
     report = []
     for hop, payload in payloads_by_hop(events):
         reference = storage_reference(payload)
-        stored = payload
-        if reference is not None and converter.external_storage is not None:
-            driver = next(
-                d for d in converter.external_storage.drivers if d.name() == reference.driver_name
-            )
-            claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
-            [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
-        [decoded] = (
-            await converter.payload_codec.decode([stored]) if converter.payload_codec else [stored]
-        )
+        seen = payload.SerializeToString(deterministic=True)
+        if seen not in sizes:
+            stored = payload
+            if reference is not None and converter.external_storage is not None:
+                driver = next(
+                    d
+                    for d in converter.external_storage.drivers
+                    if d.name() == reference.driver_name
+                )
+                claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
+                [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
+            codec = converter.payload_codec
+            [decoded] = await codec.decode([stored]) if codec else [stored]
+            sizes[seen] = (decoded.ByteSize(), stored.ByteSize())
+        original_bytes, compressed_bytes = sizes[seen]
         report.append(
             PayloadHop(
                 hop=hop,
                 in_redis=reference is not None,
-                original_bytes=decoded.ByteSize(),
-                compressed_bytes=stored.ByteSize(),
+                original_bytes=original_bytes,
+                compressed_bytes=compressed_bytes,
                 history_bytes=payload.ByteSize(),
                 redis_key=reference.claim_data.get("key") if reference else None,
             )
