@@ -277,11 +277,11 @@ def build_app(
         except CodecRequestError as err:
             return _error(err.status, str(err))
         except ApplicationError as err:
+            if err.type == "RedisUnavailableError":
+                return _error(503, f"Redis did not answer ({_one_line(err)}); try again shortly.")
             # The driver and codec raise these for a payload that can never be read.
-            status = 404 if err.type == "RedisPayloadNotFound" else 422
+            status = 404 if err.type == "PayloadNotFoundError" else 422
             return _error(status, _one_line(err))
-        except RuntimeError as err:
-            return _error(503, f"Redis did not answer ({_one_line(err)}); try again shortly.")
 
     def endpoint(
         transform: Callable[[list[Payload], str | None, web.Request], Awaitable[list[Payload]]],

@@ -15,15 +15,19 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.common import MetricMeter
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities import CARRIER_LATENCY_VARIABLE
 from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
@@ -32,7 +36,18 @@ from encryption import KEYS_VARIABLE, EncryptionKey, parse_encryption_keys
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # A Redis Cluster is named by its scheme, e.g. redis+cluster://host:7000 (any node will do).
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 CONNECT_TIMEOUT_SECONDS = 5.0
+# A command that meets a dropped connection or a timeout is retried on a fresh connection,
+# backing off 0.1 s, 0.2 s, ... up to 1 s: about 7.5 s in all, enough for a Redis restart.
+REDIS_RETRIES = 10
+REDIS_BACKOFF = ExponentialBackoff(cap=1.0, base=0.1)
+# A connection idle this long is checked with PING before use, so a dead one is replaced.
+REDIS_HEALTH_CHECK_SECONDS = 15
+# The Temporal service rejects a payload over 2 MiB by default (dynamic config
+# limit.blobSize.error); a threshold above it would leave payloads inline that it refuses.
+DEFAULT_SERVICE_PAYLOAD_LIMIT = 2 * 1024 * 1024
+MAX_TTL_SECONDS = 10 * 366 * 24 * 3600  # ten years
 
 
 class ConfigError(Exception):
@@ -48,79 +63,141 @@ class Settings:
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
-    """Read ``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD`` (bytes), ``PAYLOAD_TTL_SECONDS`` and
-    ``PAYLOAD_ENCRYPTION_KEYS`` (see encryption.py)."""
-    threshold = _non_negative_int(env, "PAYLOAD_SIZE_THRESHOLD", DEFAULT_PAYLOAD_SIZE_THRESHOLD)
-    ttl_seconds = _non_negative_int(env, "PAYLOAD_TTL_SECONDS", 0)
-    _non_negative_int(env, CARRIER_LATENCY_VARIABLE, 0)  # read by process_orders
+    """Read and check ``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD`` (bytes, at most
+    ``SERVICE_PAYLOAD_LIMIT``), ``PAYLOAD_TTL_SECONDS`` and ``PAYLOAD_ENCRYPTION_KEYS``
+    (see encryption.py). Every bad value raises ``ConfigError``."""
+    limit = _whole_number(env, "SERVICE_PAYLOAD_LIMIT", DEFAULT_SERVICE_PAYLOAD_LIMIT, 2**31)
+    threshold = _whole_number(env, "PAYLOAD_SIZE_THRESHOLD", DEFAULT_PAYLOAD_SIZE_THRESHOLD, 2**31)
+    if threshold > limit:
+        raise ConfigError(
+            f"PAYLOAD_SIZE_THRESHOLD={threshold} is above the Temporal service's payload limit "
+            f"of {limit} bytes, so payloads just under it would stay in history and be "
+            "refused; lower it, or on a self-hosted service raise the dynamic config "
+            "limit.blobSize.error and set SERVICE_PAYLOAD_LIMIT to match."
+        )
+    ttl_seconds = _whole_number(env, "PAYLOAD_TTL_SECONDS", 0, MAX_TTL_SECONDS)
+    _whole_number(env, CARRIER_LATENCY_VARIABLE, 0, 10_000)  # read by process_orders
     try:
         keys = parse_encryption_keys(env[KEYS_VARIABLE]) if env.get(KEYS_VARIABLE) else []
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    redis_url = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+    check_redis_url(redis_url)
     return Settings(
-        redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        redis_url=redis_url,
         payload_size_threshold=threshold,
         payload_ttl=timedelta(seconds=ttl_seconds) if ttl_seconds else None,
         encryption_keys=tuple(keys),
     )
 
 
-def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _whole_number(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     raw = env.get(name)
     if not raw:
         return default
+    # ASCII digits only: int() would also take "1_000", " 7" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) > maximum:
+        raise ConfigError(
+            f"{name}={_shown(raw)} is not a whole number from 0 to {maximum}; fix or unset it."
+        )
+    return int(raw)
+
+
+def _shown(raw: str) -> str:
+    """A user's value for a message: quoted, one line, and short."""
+    return repr(raw if len(raw) <= 60 else raw[:57] + "...")
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a ``REDIS_URL`` that redis-py would misread or silently replace with defaults."""
+    shown = redact_url(url)
+    usage = (
+        "use redis://[[user]:password@]host:port/db, rediss:// for TLS, unix:///path/to/socket, "
+        "or redis+cluster://host:port for a Redis Cluster."
+    )
+    scheme = url.partition("://")[0]
+    if scheme not in REDIS_SCHEMES or "://" not in url:
+        raise ConfigError(f"REDIS_URL {shown!r} is not a Redis URL; {usage}")
     try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of zero or more; fix or unset it.")
-    return value
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise ConfigError(f"REDIS_URL {shown!r} is not a valid URL ({err}); {usage}") from None
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"REDIS_URL {shown!r} names no socket path; {usage}")
+        return
+    if not parts.hostname:
+        raise ConfigError(f"REDIS_URL {shown!r} has no host name; {usage}")
+    if port == 0:
+        raise ConfigError(f"REDIS_URL {shown!r} has port 0; {usage}")
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ConfigError(f"REDIS_URL {shown!r} names database {db!r}, not a number; {usage}")
+    if db and int(db) != 0 and scheme in CLUSTER_SCHEMES:
+        raise ConfigError(f"REDIS_URL {shown!r}: a Redis Cluster has only database 0.")
 
 
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, safe to print or log."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest.split("/", 1)[0]:
         return url
-    user = f"{parts.username}:" if parts.username else ":"
-    # The text after '@', not parts.port: a malformed port must not make redaction fail.
-    netloc = f"{user}***@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    # Text only, no URL parsing: a malformed URL must not make redaction fail.
+    userinfo, _, host = rest.split("/", 1)[0].rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    if not has_password:
+        return url
+    tail = rest[len(rest.split("/", 1)[0]) :]
+    return f"{scheme}://{user}:***@{host}{tail}"
+
+
+def redis_options() -> dict[str, Any]:
+    """How every Redis client in the sample connects: binary values, timeouts, retries with
+    backoff on dropped connections and timeouts, and health checks on idle connections."""
+    return {
+        "decode_responses": False,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": CONNECT_TIMEOUT_SECONDS,
+        "retry": Retry(REDIS_BACKOFF, REDIS_RETRIES),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        "health_check_interval": REDIS_HEALTH_CHECK_SECONDS,
+    }
 
 
 async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
-    """Connect to Redis (or a Redis Cluster) and check that it answers. The caller closes it."""
+    """Connect to Redis (or a Redis Cluster) and check that it answers. The caller closes it.
+
+    The one place the sample opens Redis: the worker, starter, demo, codec server, payloads.py
+    and the benchmarks all connect with :func:`redis_options`.
+    """
+    check_redis_url(url)
     shown = redact_url(url)
-    scheme, separator, rest = url.partition("://")
+    scheme, _, rest = url.partition("://")
     client: redis.asyncio.Redis | redis.asyncio.RedisCluster
     try:
-        if separator and scheme in CLUSTER_SCHEMES:
+        if scheme in CLUSTER_SCHEMES:
             client = redis.asyncio.RedisCluster.from_url(
-                f"{CLUSTER_SCHEMES[scheme]}://{rest}",
-                decode_responses=False,
-                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                socket_timeout=CONNECT_TIMEOUT_SECONDS,
+                f"{CLUSTER_SCHEMES[scheme]}://{rest}", **redis_options()
             )
         else:
-            client = redis.asyncio.Redis.from_url(
-                url,
-                decode_responses=False,
-                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                socket_timeout=CONNECT_TIMEOUT_SECONDS,
-            )
+            client = redis.asyncio.Redis.from_url(url, **redis_options())
     except ValueError as err:
         raise ConfigError(
-            f"REDIS_URL {shown!r} is not a valid Redis URL ({err}); "
+            f"REDIS_URL {shown!r} is not a valid Redis URL ({_one_line(err)}); "
             "use the form redis://[:password@]host:port/db, rediss:// for TLS, "
             "or redis+cluster://host:port for a Redis Cluster."
         ) from None
     try:
-        await client.ping()
-    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as err:
+        # One quick try: at start-up an unreachable Redis is a setting to fix, not a blip.
+        client.set_retry(Retry(NoBackoff(), 0))
+        await asyncio.wait_for(client.ping(), CONNECT_TIMEOUT_SECONDS)
+        client.set_retry(Retry(REDIS_BACKOFF, REDIS_RETRIES))
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, TimeoutError) as err:
         await client.aclose()
+        reason = _one_line(err) or "timed out"
         raise ConfigError(
-            f"Could not reach Redis at {shown} ({_one_line(err)}); "
+            f"Could not reach Redis at {shown} ({reason}); "
             "start Redis there or point REDIS_URL at a running server."
         ) from None
     return client
@@ -177,13 +254,15 @@ async def connect_temporal(
             "check TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE and the TEMPORAL_* variables."
         ) from None
     address = address or connect_config.get("target_host") or "localhost:7233"
+    _check_address(address)
+    namespace = connect_config.get("namespace") or "default"
     connect_config["target_host"] = address
     try:
-        return await asyncio.wait_for(
+        client = await asyncio.wait_for(
             Client.connect(**connect_config, data_converter=data_converter, runtime=runtime),
             CONNECT_TIMEOUT_SECONDS,
         )
-    except (RuntimeError, OSError, TimeoutError) as err:
+    except (RuntimeError, OSError, TimeoutError, ValueError) as err:
         # The core SDK's transport errors end in the OS's message; that is the useful part.
         os_messages = re.findall(r'message: "([^"]+)"', str(err))
         reason = (os_messages[-1] if os_messages else _one_line(err)) or "timed out"
@@ -191,6 +270,36 @@ async def connect_temporal(
             f"Could not connect to Temporal at {address} ({reason}); start a dev server "
             "with `uv run temporal server start-dev` or set TEMPORAL_ADDRESS."
         ) from None
+    try:
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=namespace), timeout=timedelta(seconds=5)
+        )
+    except RPCError as err:
+        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise ConfigError(
+                f"Temporal namespace {_shown(namespace)} does not exist at {address}; create "
+                f"it with `temporal operator namespace create --namespace NAME` or set "
+                "TEMPORAL_NAMESPACE to one that exists."
+            ) from None
+        if err.status != RPCStatusCode.PERMISSION_DENIED:  # an API key may not describe it
+            raise ConfigError(
+                f"Temporal at {address} did not answer for namespace {_shown(namespace)} "
+                f"({_one_line(err)}); check TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE."
+            ) from None
+    return client
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address that is not ``host:port`` (``[v6]:port`` for IPv6)."""
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    valid_host = bool(host) and not any(c.isspace() or c in "/[]@" for c in host)
+    if not (valid_host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"Temporal address {_shown(address)} is not host:port with a port from 1 to "
+            "65535; set TEMPORAL_ADDRESS like localhost:7233."
+        )
 
 
 def _one_line(err: BaseException) -> str:

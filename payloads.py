@@ -17,7 +17,6 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from urllib.parse import unquote
 
 import redis.asyncio
 from rich.console import Console
@@ -28,9 +27,8 @@ from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import ConfigError, connect_temporal, load_settings, open_redis
-from redis_driver import _key_segment as key_segment  # the driver's own key encoding
+from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
 
-DEFAULT_KEY_PREFIX = "temporalio:payloads"
 SCAN_COUNT = 1000
 DEFAULT_GRACE_MINUTES = 60
 
@@ -53,44 +51,18 @@ class StoredPayload:
 
 
 def parse_key(key: str, key_prefix: str) -> StoredPayload | None:
-    """Parse ``{prefix}:v0[:ns:..:wt|at:..:wi|ai:..:ri:..]:d:sha256:{hex}``; None if not one."""
-    head = f"{key_prefix}:v0:"
-    if not key.startswith(head):
+    """The driver's identity for ``key`` (see ``redis_driver.parse_payload_key``)."""
+    parsed = parse_payload_key(key, key_prefix)
+    if parsed is None:
         return None
-    parts = key[len(head) :].split(":")
-    if parts[:2] == ["d", "sha256"] and len(parts) == 3:
-        return StoredPayload(key=key, kind="unscoped")
-    if (
-        len(parts) == 11
-        and (parts[0], parts[6], parts[8], parts[9]) == ("ns", "ri", "d", "sha256")
-        and (parts[2], parts[4]) in (("wt", "wi"), ("at", "ai"))
-    ):
-        return StoredPayload(
-            key=key,
-            kind="workflow" if parts[2] == "wt" else "activity",
-            namespace=_decode_segment(parts[1]),
-            type_name=_decode_segment(parts[3]),
-            owner_id=_decode_segment(parts[5]),
-            run_id=_decode_segment(parts[7]),
-        )
-    return None
-
-
-def _decode_segment(segment: str) -> str | None:
-    # The driver writes a missing id as "null" and a literal "null" id as "%6Eull".
-    return None if segment == "null" else unquote(segment)
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "\\*?[]" else c for c in text)
-
-
-def match_pattern(key_prefix: str, workflow_id: str | None = None) -> str:
-    """The SCAN MATCH pattern for all payloads under the prefix, or one workflow's."""
-    if workflow_id is None:
-        return f"{_glob_escape(key_prefix)}:v0:*"
-    # Percent-encoded segments never contain glob characters.
-    return f"{_glob_escape(key_prefix)}:v0:ns:*:wt:*:wi:{key_segment(workflow_id)}:ri:*"
+    return StoredPayload(
+        key=key,
+        kind=parsed.scope,
+        namespace=parsed.namespace,
+        type_name=parsed.type_name,
+        owner_id=parsed.owner_id,
+        run_id=parsed.run_id,
+    )
 
 
 async def scan_payloads(
@@ -100,7 +72,7 @@ async def scan_payloads(
     that is not in the driver's layout is yielded as its bare name."""
     batch: list[str] = []
     async for raw in redis_client.scan_iter(
-        match=match_pattern(key_prefix, workflow_id), count=SCAN_COUNT
+        match=payload_key_pattern(key_prefix, workflow_id=workflow_id), count=SCAN_COUNT
     ):
         batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
         if len(batch) >= SCAN_COUNT:

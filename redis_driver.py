@@ -1,6 +1,9 @@
 """Redis storage driver for Temporal external storage: large payloads live in Redis under a
 content-addressed key and history keeps a small claim. Self-contained; ``redis`` is imported
 only by :func:`new_redis_asyncio_client`, so other libraries can subclass the client ABC.
+
+The key layout is defined here once (:func:`payload_key`, :func:`parse_payload_key`,
+:func:`payload_key_pattern`); tools that list, clean up or serve payloads use these.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import hashlib
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from urllib.parse import unquote
 
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
@@ -29,8 +34,11 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
+DEFAULT_KEY_PREFIX = "temporalio:payloads"
+DEFAULT_MAX_PAYLOAD_SIZE = 50 * 1024 * 1024
 # RFC 3986 unreserved characters: no ':' (segment separator) and no SCAN glob characters.
 _KEY_SAFE_BYTES = frozenset((string.ascii_letters + string.digits + "-_.~").encode())
+_HEX = frozenset("0123456789abcdef")
 
 
 class RedisStorageDriverClient(ABC):
@@ -101,7 +109,23 @@ def new_redis_asyncio_client(client: Redis | RedisCluster) -> RedisStorageDriver
     return _RedisAsyncioStorageDriverClient(client)
 
 
-def _key_segment(value: str | None) -> str:
+# ----------------------------------------------------------------------------- the key layout
+
+
+@dataclass(frozen=True)
+class PayloadKey:
+    """A payload key parsed back into the identity the driver put into it."""
+
+    key: str
+    scope: Literal["workflow", "activity", "unscoped"]
+    digest: str
+    namespace: str | None = None
+    type_name: str | None = None
+    owner_id: str | None = None  # the workflow id or (standalone) activity id
+    run_id: str | None = None
+
+
+def key_segment(value: str | None) -> str:
     """Percent-encode one identifier's UTF-8 bytes; a missing or empty one becomes ``null``."""
     if not value:
         return "null"
@@ -111,7 +135,11 @@ def _key_segment(value: str | None) -> str:
     return "".join(chr(b) if b in _KEY_SAFE_BYTES else f"%{b:02X}" for b in value.encode())
 
 
-def _payload_key(
+def _segment_value(segment: str) -> str | None:
+    return None if segment == "null" else unquote(segment, errors="strict")
+
+
+def payload_key(
     prefix: str,
     target: StorageDriverWorkflowInfo | StorageDriverActivityInfo | None,
     digest: str,
@@ -123,24 +151,84 @@ def _payload_key(
             ("wt", "wi") if isinstance(target, StorageDriverWorkflowInfo) else ("at", "ai")
         )
         scope = (
-            f"ns:{_key_segment(target.namespace)}:{kind}:{_key_segment(target.type)}:"
-            f"{id_tag}:{_key_segment(target.id)}:ri:{_key_segment(target.run_id)}:"
+            f"ns:{key_segment(target.namespace)}:{kind}:{key_segment(target.type)}:"
+            f"{id_tag}:{key_segment(target.id)}:ri:{key_segment(target.run_id)}:"
         )
     return f"{prefix}:v0:{scope}d:sha256:{digest}"
 
 
-def _format_client_context(client: RedisStorageDriverClient) -> str:
-    """Format ``client.describe()`` as ``", k=v, k=v"``; never let diagnostics mask an error."""
+def parse_payload_key(key: str, prefix: str) -> PayloadKey | None:
+    """Reverse :func:`payload_key`; ``None`` for anything not exactly in that layout."""
+    head = f"{prefix}:v0:"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head) :].split(":")
+    digest = parts[-1]
+    if len(digest) != 64 or not set(digest) <= _HEX or parts[-3:-1] != ["d", "sha256"]:
+        return None
+    if len(parts) == 3:
+        return PayloadKey(key=key, scope="unscoped", digest=digest)
+    if len(parts) != 11 or (parts[0], parts[6]) != ("ns", "ri"):
+        return None
+    if (parts[2], parts[4]) not in (("wt", "wi"), ("at", "ai")):
+        return None
+    segments = (parts[1], parts[3], parts[5], parts[7])
+    # Exactly what key_segment writes: no other encoding of the same id is accepted.
+    try:
+        values = [_segment_value(segment) for segment in segments]
+    except UnicodeDecodeError:
+        return None
+    if any(key_segment(value) != segment for value, segment in zip(values, segments, strict=True)):
+        return None
+    namespace, type_name, owner_id, run_id = values
+    return PayloadKey(
+        key=key,
+        scope="workflow" if parts[2] == "wt" else "activity",
+        digest=digest,
+        namespace=namespace,
+        type_name=type_name,
+        owner_id=owner_id,
+        run_id=run_id,
+    )
+
+
+def payload_key_pattern(prefix: str, *, workflow_id: str | None = None) -> str:
+    """A SCAN MATCH pattern for every payload under ``prefix``, or one workflow's."""
+    escaped = "".join(f"\\{c}" if c in "\\*?[]" else c for c in prefix)
+    if workflow_id is None:
+        return f"{escaped}:v0:*"
+    # Percent-encoded segments never contain glob characters.
+    return f"{escaped}:v0:ns:*:wt:*:wi:{key_segment(workflow_id)}:ri:*"
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def _where(client: RedisStorageDriverClient) -> str:
+    """``host:port/db`` (or the cluster nodes) for error messages; never fails."""
     try:
         info = client.describe()
     except Exception:
-        return ""
-    return "".join(f", {k}={v}" for k, v in info.items())
+        return "Redis"
+    if "redis_cluster_nodes" in info:
+        return f"Redis Cluster {info['redis_cluster_nodes']}"
+    if "redis_path" in info:
+        return f"Redis at {info['redis_path']} db {info.get('redis_db', '0')}"
+    if "redis_host" in info:
+        return f"Redis at {info['redis_host']}:{info.get('redis_port', '6379')}/" + info.get(
+            "redis_db", "0"
+        )
+    return "Redis " + ", ".join(f"{k}={v}" for k, v in info.items()) if info else "Redis"
 
 
-def _non_retryable(error_type: str, message: str) -> ApplicationError:
-    """An error for a payload that can never be read, so retrying the task cannot help."""
-    return ApplicationError(message, type=error_type, non_retryable=True)
+def _cause(err: BaseException) -> str:
+    text = " ".join(str(err).split())[:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _error(error_type: str, message: str, *, non_retryable: bool) -> ApplicationError:
+    """A short error that names its cause; raised ``from None`` so history keeps it small."""
+    return ApplicationError(message, type=error_type, non_retryable=non_retryable)
 
 
 async def _gather_with_cancellation(coros: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
@@ -159,9 +247,11 @@ class RedisStorageDriver(StorageDriver):
     """Stores Temporal payloads in Redis, keyed by the SHA-256 of their serialized bytes.
 
     Keys are scoped by namespace and workflow or activity identity when the store context has
-    a target, so identical bytes in the same scope share one key. Redis failures raise
-    ``RuntimeError`` (Temporal retries the task); a missing, invalid, tampered or oversized
-    payload raises a non-retryable :class:`~temporalio.exceptions.ApplicationError`.
+    a target, so identical bytes in the same scope share one key. Every error is an
+    :class:`~temporalio.exceptions.ApplicationError` whose message names the key, the Redis and
+    the cause: ``RedisUnavailableError`` (retryable: Temporal retries the task) when Redis does
+    not answer; non-retryable ``PayloadNotFoundError``, ``PayloadIntegrityError``,
+    ``PayloadTooLargeError`` and ``PayloadClaimError`` for a payload that can never be read.
     """
 
     def __init__(
@@ -169,9 +259,9 @@ class RedisStorageDriver(StorageDriver):
         client: RedisStorageDriverClient,
         *,
         driver_name: str = "redis",
-        key_prefix: str = "temporalio:payloads",
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         ttl: timedelta | None = None,
-        max_payload_size: int = 50 * 1024 * 1024,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
     ) -> None:
         """Validate the options; every bad option raises ``ValueError``.
 
@@ -199,6 +289,16 @@ class RedisStorageDriver(StorageDriver):
         self._ttl = ttl
         self._max_payload_size = max_payload_size
 
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key this driver writes."""
+        return self._key_prefix
+
+    @property
+    def max_payload_size(self) -> int:
+        """The largest serialized payload, in bytes, that this driver stores."""
+        return self._max_payload_size
+
     def name(self) -> str:
         """The driver instance name that stored claims refer to."""
         return self._driver_name
@@ -218,24 +318,27 @@ class RedisStorageDriver(StorageDriver):
         for blob in blobs:
             if len(blob) > self._max_payload_size:
                 # Non-retryable: the same value is just as large on every attempt.
-                raise _non_retryable(
-                    "RedisPayloadTooLarge",
-                    f"Payload of {len(blob)} bytes exceeds the RedisStorageDriver "
-                    f"max_payload_size of {self._max_payload_size} bytes; raise "
-                    "max_payload_size or lower what the workflow passes.",
+                raise _error(
+                    "PayloadTooLargeError",
+                    f"Payload of {len(blob):,} bytes exceeds the RedisStorageDriver "
+                    f"max_payload_size of {self._max_payload_size:,} bytes; raise "
+                    "max_payload_size or pass smaller values (e.g. smaller pages).",
+                    non_retryable=True,
                 )
         return await _gather_with_cancellation([self._store(context, blob) for blob in blobs])
 
     async def _store(self, context: StorageDriverStoreContext, blob: bytes) -> StorageDriverClaim:
         digest = hashlib.sha256(blob).hexdigest()
-        key = _payload_key(self._key_prefix, context.target, digest)
+        key = payload_key(self._key_prefix, context.target, digest)
         try:
             await self._client.set_if_absent(key=key, data=blob, ttl=self._ttl)
         except Exception as e:
-            raise RuntimeError(
-                f"RedisStorageDriver store failed [key={key}"
-                f"{_format_client_context(self._client)}]: {e}"
-            ) from e
+            raise _error(
+                "RedisUnavailableError",
+                f"{_where(self._client)} failed writing key {key} ({_cause(e)}); "
+                "Temporal retries this task.",
+                non_retryable=False,
+            ) from None
         return StorageDriverClaim(
             claim_data={"key": key, "hash_algorithm": "sha256", "hash_value": digest}
         )
@@ -243,50 +346,65 @@ class RedisStorageDriver(StorageDriver):
     async def retrieve(
         self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
     ) -> list[Payload]:
-        """Read each claimed key concurrently and verify its SHA-256 before parsing it."""
+        """Read each claimed key concurrently and verify its SHA-256 before parsing it.
+
+        A claim without a hash (as older drivers wrote) is read without the integrity check.
+        """
         return await _gather_with_cancellation([self._retrieve(claim) for claim in claims])
 
     async def _retrieve(self, claim: StorageDriverClaim) -> Payload:
         key = claim.claim_data.get("key")
         algorithm = claim.claim_data.get("hash_algorithm")
         expected = claim.claim_data.get("hash_value")
-        if not key or not algorithm or not expected:
-            raise _non_retryable(
-                "RedisPayloadClaimInvalid",
-                "RedisStorageDriver claim is invalid: claim_data must contain 'key', "
-                f"'hash_algorithm' and 'hash_value', got {dict(claim.claim_data)}.",
+        if not key or bool(algorithm) != bool(expected):
+            raise _error(
+                "PayloadClaimError",
+                "RedisStorageDriver claim is invalid: it needs a 'key', and 'hash_algorithm' "
+                f"with 'hash_value' or neither; got {sorted(claim.claim_data)}.",
+                non_retryable=True,
             )
-        if algorithm != "sha256":
-            raise _non_retryable(
-                "RedisPayloadClaimInvalid",
-                f"RedisStorageDriver claim for key {key} uses unsupported hash algorithm "
-                f"{algorithm!r}; only 'sha256' is supported.",
+        if algorithm and algorithm != "sha256":
+            raise _error(
+                "PayloadClaimError",
+                f"RedisStorageDriver claim for key {key} uses hash algorithm {algorithm!r}; "
+                "only 'sha256' is supported.",
+                non_retryable=True,
             )
         try:
             blob = await self._client.get(key=key)
         except Exception as e:
-            raise RuntimeError(
-                f"RedisStorageDriver retrieve failed [key={key}"
-                f"{_format_client_context(self._client)}]: {e}"
-            ) from e
+            raise _error(
+                "RedisUnavailableError",
+                f"{_where(self._client)} failed reading key {key} ({_cause(e)}); "
+                "Temporal retries this task.",
+                non_retryable=False,
+            ) from None
         if blob is None:
-            raise _non_retryable(
-                "RedisPayloadNotFound",
-                f"RedisStorageDriver payload not found [key={key}"
-                f"{_format_client_context(self._client)}]: it either expired because the "
-                f"driver's ttl (ttl={self._ttl}) is shorter than the workflow's lifetime plus "
-                "retention, was evicted by a maxmemory-policy other than noeviction, was "
-                "deleted or flushed, or was stored in a different Redis database or instance "
-                "than this worker reads.",
+            ttl = f"ttl {self._ttl}" if self._ttl else "no ttl"
+            raise _error(
+                "PayloadNotFoundError",
+                f"Payload not found in {_where(self._client)}: key {key}. It expired ({ttl}), "
+                "was evicted or flushed, was lost in a restart, or this process reads a "
+                "different Redis than the one that stored it.",
+                non_retryable=True,
             )
-        actual = hashlib.sha256(blob).hexdigest()
-        if actual != expected:
-            raise _non_retryable(
-                "RedisPayloadIntegrityError",
-                f"RedisStorageDriver integrity check failed [key={key}]: expected "
-                f"sha256:{expected}, got sha256:{actual}; the stored value was changed after "
-                "it was written.",
-            )
+        if expected:
+            actual = hashlib.sha256(blob).hexdigest()
+            if actual != expected:
+                raise _error(
+                    "PayloadIntegrityError",
+                    f"Payload at key {key} in {_where(self._client)} fails its integrity "
+                    "check (sha256 differs from the claim): it was changed after it was "
+                    "written.",
+                    non_retryable=True,
+                )
         payload = Payload()
-        payload.ParseFromString(blob)
+        try:
+            payload.ParseFromString(blob)
+        except Exception:
+            raise _error(
+                "PayloadIntegrityError",
+                f"The value at key {key} in {_where(self._client)} is not a Temporal payload.",
+                non_retryable=True,
+            ) from None
         return payload

@@ -8,7 +8,6 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import redis.asyncio
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.converter import StorageDriverStoreContext, StorageDriverWorkflowInfo
@@ -17,7 +16,7 @@ from temporalio.worker import Replayer
 
 from codec import make_data_converter
 from models import OrderBatchRequest
-from payloads import parse_key, plan_gc
+from payloads import plan_gc
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
 from tests.test_workflow import expected_summary
@@ -152,31 +151,6 @@ async def test_gc_deletes_a_closed_run_once_past_retention(
     assert verdicts[(handle.id, description.run_id)].delete
     assert "past retention" in verdicts[(handle.id, description.run_id)].reason
     assert verdicts[(handle.id, None)].delete  # the start input follows the latest run
-
-
-@pytest.mark.parametrize(
-    ("key", "expected"),
-    [
-        (
-            "temporalio:payloads:v0:ns:default:wt:W:wi:order-batch-a%3Ab:ri:r1:d:sha256:ab",
-            ("workflow", "default", "W", "order-batch-a:b", "r1"),
-        ),
-        (
-            "temporalio:payloads:v0:ns:default:wt:W:wi:%6Eull:ri:null:d:sha256:ab",
-            ("workflow", "default", "W", "null", None),
-        ),
-        ("temporalio:payloads:v0:d:sha256:ab", ("unscoped", None, None, None, None)),
-    ],
-)
-def test_parse_key_reverses_the_drivers_encoding(
-    key: str, expected: tuple[str, str | None, str | None, str | None, str | None]
-) -> None:
-    parsed = parse_key(key, "temporalio:payloads")
-    assert parsed is not None
-    assert (parsed.kind, parsed.namespace, parsed.type_name, parsed.owner_id, parsed.run_id) == (
-        expected
-    )
-    assert parse_key("temporalio:payloads:v1:other", "temporalio:payloads") is None
 
 
 def test_bad_flag_is_one_clear_sentence(
