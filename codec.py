@@ -87,6 +87,11 @@ class CodecChain(PayloadCodec):
     def __init__(self, codecs: Sequence[PayloadCodec]) -> None:
         self._codecs = list(codecs)
 
+    @property
+    def codecs(self) -> Sequence[PayloadCodec]:
+        """The codecs in encoding order."""
+        return self._codecs
+
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         encoded = list(payloads)
         for codec in self._codecs:
@@ -157,3 +162,18 @@ def make_data_converter(
             payload_size_threshold=payload_size_threshold,
         ),
     )
+
+
+async def original_size(codec: PayloadCodec | None, payload: Payload) -> int | None:
+    """The size of ``payload`` before ``codec`` encoded it, without decompressing it: the
+    zstd frame header declares it. Layers after compression (encryption) are undone first.
+    ``None`` if a frame does not declare its size."""
+    layers = list(codec.codecs) if isinstance(codec, CodecChain) else [codec] if codec else []
+    for layer in reversed(layers):
+        if isinstance(layer, ZstdCodec):
+            break
+        [payload] = await layer.decode([payload])
+    if payload.metadata.get("encoding") != ZSTD_ENCODING:
+        return payload.ByteSize()
+    size = zstandard.get_frame_parameters(payload.data).content_size
+    return None if size == zstandard.CONTENTSIZE_UNKNOWN else int(size)

@@ -184,7 +184,7 @@ async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisClust
             client = redis.asyncio.Redis.from_url(url, **redis_options())
     except ValueError as err:
         raise ConfigError(
-            f"REDIS_URL {shown!r} is not a valid Redis URL ({_one_line(err)}); "
+            f"REDIS_URL {shown!r} is not a valid Redis URL ({one_line(err)}); "
             "use the form redis://[:password@]host:port/db, rediss:// for TLS, "
             "or redis+cluster://host:port for a Redis Cluster."
         ) from None
@@ -195,7 +195,7 @@ async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisClust
         client.set_retry(Retry(REDIS_BACKOFF, REDIS_RETRIES))
     except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, TimeoutError) as err:
         await client.aclose()
-        reason = _one_line(err) or "timed out"
+        reason = one_line(err) or "timed out"
         raise ConfigError(
             f"Could not reach Redis at {shown} ({reason}); "
             "start Redis there or point REDIS_URL at a running server."
@@ -250,7 +250,7 @@ async def connect_temporal(
         connect_config = ClientConfig.load_client_connect_config()
     except Exception as err:
         raise ConfigError(
-            f"Could not read the Temporal client configuration ({_one_line(err)}); "
+            f"Could not read the Temporal client configuration ({one_line(err)}); "
             "check TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE and the TEMPORAL_* variables."
         ) from None
     address = address or connect_config.get("target_host") or "localhost:7233"
@@ -265,7 +265,7 @@ async def connect_temporal(
     except (RuntimeError, OSError, TimeoutError, ValueError) as err:
         # The core SDK's transport errors end in the OS's message; that is the useful part.
         os_messages = re.findall(r'message: "([^"]+)"', str(err))
-        reason = (os_messages[-1] if os_messages else _one_line(err)) or "timed out"
+        reason = (os_messages[-1] if os_messages else one_line(err)) or "timed out"
         raise ConfigError(
             f"Could not connect to Temporal at {address} ({reason}); start a dev server "
             "with `uv run temporal server start-dev` or set TEMPORAL_ADDRESS."
@@ -284,7 +284,7 @@ async def connect_temporal(
         if err.status != RPCStatusCode.PERMISSION_DENIED:  # an API key may not describe it
             raise ConfigError(
                 f"Temporal at {address} did not answer for namespace {_shown(namespace)} "
-                f"({_one_line(err)}); check TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE."
+                f"({one_line(err)}); check TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE."
             ) from None
     return client
 
@@ -302,7 +302,8 @@ def _check_address(address: str) -> None:
         )
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error as one short line, for one-sentence messages."""
     return " ".join(str(err).split())[:200]
 
 

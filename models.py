@@ -5,13 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TASK_QUEUE = "order-batches"
+# One page of the default 5,000-order batch; each page of a larger batch is still several
+# hundred KiB after compression, so it travels through Redis.
+DEFAULT_PAGE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
 class OrderBatchRequest:
-    """What the starter sends: which batch, and how many orders it holds."""
+    """What the starter sends: which batch, how many orders it holds, how many orders a page."""
 
     batch_id: str
+    order_count: int
+    page_size: int = DEFAULT_PAGE_SIZE
+    # Set only by the workflow itself when a big batch continues as new: where it got to.
+    progress: BatchProgress | None = None
+
+
+@dataclass(frozen=True)
+class OrderPageRequest:
+    """One page of a batch: orders ``first_order`` to ``first_order + order_count - 1``."""
+
+    batch_id: str
+    page: int  # 1-based, as people count pages
+    page_count: int
+    first_order: int  # 0-based index into the batch
     order_count: int
 
 
@@ -54,12 +71,46 @@ class Order:
 
 
 @dataclass(frozen=True)
-class OrderBatch:
+class OrderPage:
     """The large value: `fetch_orders` returns it and `process_orders` takes it unchanged,
     so both hops serialize to the same bytes and share one Redis key."""
 
     batch_id: str
+    page: int
+    first_order: int
     orders: list[Order]
+
+
+@dataclass(frozen=True)
+class PageSummary:
+    """Totals over some orders; page summaries add up to the batch's."""
+
+    order_count: int = 0
+    total_shipping_cost_cents: int = 0
+    total_weight_grams: int = 0
+    total_delivery_days: int = 0
+    orders_per_state: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: PageSummary) -> PageSummary:
+        states = dict(self.orders_per_state)
+        for state, count in other.orders_per_state.items():
+            states[state] = states.get(state, 0) + count
+        return PageSummary(
+            order_count=self.order_count + other.order_count,
+            total_shipping_cost_cents=self.total_shipping_cost_cents
+            + other.total_shipping_cost_cents,
+            total_weight_grams=self.total_weight_grams + other.total_weight_grams,
+            total_delivery_days=self.total_delivery_days + other.total_delivery_days,
+            orders_per_state=dict(sorted(states.items())),
+        )
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """What a batch carries into its next run when it continues as new."""
+
+    next_page: int
+    done: PageSummary
 
 
 @dataclass(frozen=True)

@@ -1,37 +1,77 @@
-"""Read a finished batch back: a summary table, and where each payload in its history went."""
+"""Read a finished batch back: a summary table, and where each payload in its histories went.
+
+A batch is one or more runs of ``ProcessOrderBatchWorkflow`` (it continues as new every
+PAGES_PER_RUN pages) and one ``ProcessOrderPageWorkflow`` run per page (more if a page ran
+again). The report walks all of them. It never decompresses a payload to measure it: history
+holds the stored size, and the zstd frame header in Redis holds the original size.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 from rich.table import Table
+from rich.text import Text
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.sdk.v1 import ExternalStorageReference
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client
 from temporalio.converter import (
     DataConverter,
     StorageDriverClaim,
     StorageDriverRetrieveContext,
 )
+from temporalio.exceptions import ApplicationError
 
+from codec import original_size
 from models import BatchSummary
 
 REFERENCE_MESSAGE_TYPE = ExternalStorageReference.DESCRIPTOR.full_name.encode()
+HISTORY_READS_AT_ONCE = 8
+# The batch workflow's own payloads have these names; a page's activities keep theirs.
+HOP_ORDER = (
+    "batch input",
+    "page input",
+    "fetch_orders input",
+    "fetch_orders output",
+    "process_orders input",
+    "process_orders output",
+    "page result",
+    "next run's input",
+    "batch result",
+)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PayloadHop:
-    """One payload in the history: what it carried and where its bytes live."""
+    """Every payload of one kind in a batch's histories, and where their bytes live."""
 
     hop: str
-    in_redis: bool
-    original_bytes: int
-    compressed_bytes: int
-    history_bytes: int
-    redis_key: str | None
+    count: int = 0
+    history_bytes: int = 0
+    stored_bytes: int = 0  # after the codec: inline in history, or in Redis
+    original_bytes: int | None = 0  # None: a Redis-held payload could not be measured
+    redis_keys: list[str] = field(default_factory=list)
+
+    @property
+    def in_redis(self) -> bool:
+        return bool(self.redis_keys)
+
+
+@dataclass
+class PayloadReport:
+    hops: list[PayloadHop]
+    pages: list[tuple[str, str]]  # (workflow id, run id) of every page run
+    problem: str | None = None  # why some payloads could not be measured, in one sentence
+
+    @property
+    def redis_keys(self) -> list[str]:
+        """The distinct Redis keys, in the order the histories first mention them."""
+        return list(dict.fromkeys(key for hop in self.hops for key in hop.redis_keys))
 
 
 def storage_reference(payload: Payload) -> ExternalStorageReference | None:
@@ -41,70 +81,146 @@ def storage_reference(payload: Payload) -> ExternalStorageReference | None:
     return json_format.Parse(payload.data, ExternalStorageReference())
 
 
-def payloads_by_hop(events: list[HistoryEvent]) -> list[tuple[str, Payload]]:
-    """The payloads of a batch's history, named by the hop that carried them."""
+def payloads_by_hop(events: Sequence[HistoryEvent], *, page: bool) -> list[tuple[str, Payload]]:
+    """The payloads of one run's history, named by the hop that carried them.
+
+    In a page's history the start input and the result are copies of the batch's "page
+    input" and "page result", so they are left out there.
+    """
     activity_names: dict[int, str] = {}
     hops: list[tuple[str, Payload]] = []
     for event in events:
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            attrs = event.workflow_execution_started_event_attributes
-            hops += [("workflow input", p) for p in attrs.input.payloads]
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED and not page:
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            first_run = (
+                not event.workflow_execution_started_event_attributes.continued_execution_run_id
+            )
+            if first_run:
+                hops += [("batch input", payloads[0])]
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             scheduled = event.activity_task_scheduled_event_attributes
             activity_names[event.event_id] = scheduled.activity_type.name
             hops += [(f"{scheduled.activity_type.name} input", p) for p in scheduled.input.payloads]
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             completed = event.activity_task_completed_event_attributes
             name = activity_names.get(completed.scheduled_event_id, "activity")
             hops += [(f"{name} output", p) for p in completed.result.payloads]
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+        elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            initiated = event.start_child_workflow_execution_initiated_event_attributes
+            hops += [("page input", p) for p in initiated.input.payloads]
+        elif kind == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED:
+            child = event.child_workflow_execution_completed_event_attributes
+            hops += [("page result", p) for p in child.result.payloads]
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            attrs = event.workflow_execution_continued_as_new_event_attributes
+            hops += [("next run's input", p) for p in attrs.input.payloads]
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED and not page:
             attrs_done = event.workflow_execution_completed_event_attributes
-            hops += [("workflow result", p) for p in attrs_done.result.payloads]
+            hops += [("batch result", p) for p in attrs_done.result.payloads]
     return hops
 
 
-async def payload_report(
-    handle: WorkflowHandle[object, object], converter: DataConverter
-) -> list[PayloadHop]:
-    """Follow every payload of the run: fetch references from Redis, then decompress.
-
-    Hops that carry the same payload (both order-list hops share one key) are read once.
-    """
-    events = [event async for event in handle.fetch_history_events()]
-    sizes: dict[bytes, tuple[int, int]] = {}  # payload in history -> (original, compressed)
-    report = []
-    for hop, payload in payloads_by_hop(events):
-        reference = storage_reference(payload)
-        seen = payload.SerializeToString(deterministic=True)
-        if seen not in sizes:
-            stored = payload
-            if reference is not None and converter.external_storage is not None:
-                driver = next(
-                    d
-                    for d in converter.external_storage.drivers
-                    if d.name() == reference.driver_name
+async def batch_histories(
+    client: Client, workflow_id: str, first_run_id: str
+) -> tuple[list[list[HistoryEvent]], list[tuple[str, str]]]:
+    """Every run of the batch (following continue-as-new), then the page runs they started."""
+    runs: list[list[HistoryEvent]] = []
+    pages: list[tuple[str, str]] = []
+    run_id: str | None = first_run_id
+    while run_id:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        events = [event async for event in handle.fetch_history_events()]
+        runs.append(events)
+        run_id = None
+        for event in events:
+            if event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+                execution = event.child_workflow_execution_started_event_attributes
+                pages.append(
+                    (execution.workflow_execution.workflow_id, execution.workflow_execution.run_id)
                 )
-                claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
-                [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
-            codec = converter.payload_codec
-            [decoded] = await codec.decode([stored]) if codec else [stored]
-            sizes[seen] = (decoded.ByteSize(), stored.ByteSize())
-        original_bytes, compressed_bytes = sizes[seen]
-        report.append(
-            PayloadHop(
-                hop=hop,
-                in_redis=reference is not None,
-                original_bytes=original_bytes,
-                compressed_bytes=compressed_bytes,
-                history_bytes=payload.ByteSize(),
-                redis_key=reference.claim_data.get("key") if reference else None,
-            )
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+                run_id = (
+                    event.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+                )
+    return runs, pages
+
+
+async def payload_report(
+    client: Client, workflow_id: str, first_run_id: str, converter: DataConverter
+) -> PayloadReport:
+    """Follow every payload of a batch. Redis is read only for the order lists' original
+    size, each key once; a key that cannot be read is reported, never raised."""
+    runs, pages = await batch_histories(client, workflow_id, first_run_id)
+    limit = asyncio.Semaphore(HISTORY_READS_AT_ONCE)
+
+    async def page_history(page: tuple[str, str]) -> list[HistoryEvent]:
+        async with limit:
+            handle = client.get_workflow_handle(page[0], run_id=page[1])
+            return [event async for event in handle.fetch_history_events()]
+
+    page_runs = await asyncio.gather(*(page_history(page) for page in pages))
+    hops: dict[str, PayloadHop] = {name: PayloadHop(name) for name in HOP_ORDER}
+    originals: dict[str, int | None] = {}
+    problems: list[str] = []
+    for events, is_page in [(r, False) for r in runs] + [(r, True) for r in page_runs]:
+        for name, payload in payloads_by_hop(events, page=is_page):
+            hop = hops.setdefault(name, PayloadHop(name))
+            hop.count += 1
+            hop.history_bytes += payload.ByteSize()
+            reference = storage_reference(payload)
+            if reference is None:
+                hop.stored_bytes += payload.ByteSize()
+                hop.original_bytes = _add(
+                    hop.original_bytes, await _inline_size(converter, payload)
+                )
+                continue
+            key = reference.claim_data.get("key", "?")
+            hop.redis_keys.append(key)
+            hop.stored_bytes += sum(p.size_bytes for p in payload.external_payloads)
+            if key not in originals:
+                originals[key] = await _stored_original_size(converter, reference, problems)
+            hop.original_bytes = _add(hop.original_bytes, originals[key])
+    problem = None
+    if problems:
+        unread = sum(1 for size in originals.values() if size is None)
+        problem = (
+            f"Could not read {unread} of {len(originals)} Redis payloads back to measure them "
+            f"({problems[0]})."
         )
-    return report
+    return PayloadReport([hop for hop in hops.values() if hop.count], pages, problem)
+
+
+def _add(total: int | None, size: int | None) -> int | None:
+    return None if total is None or size is None else total + size
+
+
+async def _inline_size(converter: DataConverter, payload: Payload) -> int | None:
+    return await original_size(converter.payload_codec, payload)
+
+
+async def _stored_original_size(
+    converter: DataConverter, reference: ExternalStorageReference, problems: list[str]
+) -> int | None:
+    storage = converter.external_storage
+    drivers = {driver.name(): driver for driver in storage.drivers} if storage else {}
+    driver = drivers.get(reference.driver_name)
+    if any("RedisUnavailableError" in problem for problem in problems):
+        return None  # each read would wait out the retries again
+    if driver is None:
+        problems.append(f"no storage driver named {reference.driver_name!r} is configured")
+        return None
+    claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
+    try:
+        [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
+    except ApplicationError as err:
+        problems.append(f"{err.type}: {err}")
+        return None
+    return await original_size(converter.payload_codec, stored)
 
 
 def summary_table(summary: BatchSummary) -> Table:
-    table = Table(title=f"Batch {summary.batch_id}", show_header=False, title_justify="left")
+    table = Table(title=Text(f"Batch {summary.batch_id}"), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("Orders", f"{summary.order_count:,}")
@@ -112,32 +228,35 @@ def summary_table(summary: BatchSummary) -> Table:
     table.add_row("Total weight", f"{summary.total_weight_grams / 1000:,.1f} kg")
     table.add_row("Average delivery", f"{summary.average_delivery_days:.2f} days")
     busiest = sorted(summary.orders_per_state.items(), key=lambda item: -item[1])[:5]
-    table.add_row("Top destinations", ", ".join(f"{state} {count:,}" for state, count in busiest))
+    table.add_row(
+        "Top destinations", Text(", ".join(f"{state} {count:,}" for state, count in busiest))
+    )
     return table
 
 
-def payload_table(report: list[PayloadHop]) -> Table:
-    """Where each payload went; "key N" points into :func:`redis_keys`."""
-    keys = redis_keys(report)
+def payload_table(report: PayloadReport) -> Table:
+    """Where each kind of payload went; "key N" points into ``report.redis_keys``."""
+    keys = report.redis_keys
     table = Table(title="Payloads in history", title_justify="left")
     for column in ("Payload", "Stored", "Original", "Compressed", "In history"):
         table.add_column(column, justify="left" if column in ("Payload", "Stored") else "right")
-    for row in report:
+    for hop in report.hops:
+        name = hop.hop if hop.count == 1 else f"{hop.hop} x{hop.count:,}"
+        if hop.in_redis:
+            numbers = sorted({keys.index(key) + 1 for key in hop.redis_keys})
+            span = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+            stored = Text(f"Redis, key{'s' if len(numbers) > 1 else ''} {span}", "yellow")
+        else:
+            stored = Text("inline", "green")
+        original = hop.original_bytes
         table.add_row(
-            row.hop,
-            f"[yellow]Redis, key {keys.index(row.redis_key) + 1}[/]"
-            if row.redis_key
-            else "[green]inline[/]",
-            _size(row.original_bytes),
-            _size(row.compressed_bytes) if row.compressed_bytes < row.original_bytes else "-",
-            _size(row.history_bytes),
+            name,
+            stored,
+            "?" if original is None else _size(original),
+            _size(hop.stored_bytes) if original is None or hop.stored_bytes < original else "-",
+            _size(hop.history_bytes),
         )
     return table
-
-
-def redis_keys(report: list[PayloadHop]) -> list[str]:
-    """The distinct Redis keys of the run, in the order history first mentions them."""
-    return list(dict.fromkeys(row.redis_key for row in report if row.redis_key))
 
 
 def _size(num_bytes: int) -> str:
@@ -145,4 +264,6 @@ def _size(num_bytes: int) -> str:
         return f"{num_bytes} B"
     if num_bytes < 1024 * 1024:
         return f"{num_bytes / 1024:.1f} KiB"
-    return f"{num_bytes / 1024 / 1024:.2f} MiB"
+    if num_bytes < 1024**3:
+        return f"{num_bytes / 1024 / 1024:.2f} MiB"
+    return f"{num_bytes / 1024**3:.2f} GiB"

@@ -1,29 +1,44 @@
-"""Start one order batch and report on it: `uv run starter.py [--orders N] [--batch-id ID]`."""
+"""Start one order batch and report on it:
+`uv run starter.py [--orders N] [--page-size N] [--batch-id ID]`.
+
+Neighbours: workflows.py, models.py, config.py, report.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import shlex
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from rich.text import Text
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
+from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, connected_client, exit_without_finalizing, load_settings
-from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
-from report import payload_report, payload_table, redis_keys, summary_table
+from config import ConfigError, connected_client, exit_without_finalizing, load_settings, one_line
+from models import DEFAULT_PAGE_SIZE, TASK_QUEUE, BatchSummary, OrderBatchRequest
+from report import payload_report, payload_table, summary_table
 from workflows import ProcessOrderBatchWorkflow
 
 # Large enough that the order list stays over 256 KiB after compression and goes to Redis.
 DEFAULT_ORDER_COUNT = 5_000
 MAX_ORDER_COUNT = 1_000_000
+# A page's JSON must stay under the driver's 50 MiB max_payload_size: 25,000 orders are ~28 MiB.
+MAX_PAGE_SIZE = 25_000
 MAX_BATCH_ID_LENGTH = 100
+KEYS_SHOWN = 3
 
 
 def workflow_id_for(batch_id: str) -> str:
@@ -35,9 +50,15 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that describe a batch; the demo shares them."""
     parser.add_argument(
         "--orders",
-        type=_order_count,
+        type=_whole_number("--orders", MAX_ORDER_COUNT, "5000"),
         default=DEFAULT_ORDER_COUNT,
-        help=f"orders in the batch (default {DEFAULT_ORDER_COUNT:,})",
+        help=f"orders in the batch (default {DEFAULT_ORDER_COUNT:,}, at most {MAX_ORDER_COUNT:,})",
+    )
+    parser.add_argument(
+        "--page-size",
+        type=_whole_number("--page-size", MAX_PAGE_SIZE, "10000"),
+        default=DEFAULT_PAGE_SIZE,
+        help=f"orders per page (default {DEFAULT_PAGE_SIZE:,}, at most {MAX_PAGE_SIZE:,})",
     )
     parser.add_argument(
         "--batch-id",
@@ -49,20 +70,19 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def request_from_args(args: argparse.Namespace) -> OrderBatchRequest:
     batch_id = args.batch_id or datetime.now(UTC).strftime("BATCH-%Y%m%d-%H%M%S")
-    return OrderBatchRequest(batch_id=batch_id, order_count=args.orders)
+    return OrderBatchRequest(batch_id, args.orders, args.page_size)
 
 
-def _order_count(raw: str) -> int:
-    try:
-        count = int(raw)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= MAX_ORDER_COUNT:
-        raise argparse.ArgumentTypeError(
-            f"{raw!r} is not a whole number from 1 to {MAX_ORDER_COUNT:,}; pass how many "
-            "orders the batch holds, e.g. --orders 5000"
-        )
-    return count
+def _whole_number(flag: str, maximum: int, example: str) -> Any:
+    def parse(raw: str) -> int:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw[:10]) <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{raw[:40]!r} is not a whole number from 1 to {maximum:,}; "
+                f"pass e.g. {flag} {example}"
+            )
+        return int(raw)
+
+    return parse
 
 
 def _batch_id(raw: str) -> str:
@@ -102,6 +122,7 @@ async def start_or_find(
         already = existing.status in (
             WorkflowExecutionStatus.RUNNING,
             WorkflowExecutionStatus.COMPLETED,
+            WorkflowExecutionStatus.CONTINUED_AS_NEW,
         )
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
@@ -120,21 +141,19 @@ async def start_or_find(
 
 
 async def wait_with_status(handle: WorkflowHandle[Any, BatchSummary], console: Console) -> None:
-    """Show what the batch is doing until it closes."""
+    """Show how far the batch has got until it closes."""
     started = time.monotonic()
     result = asyncio.ensure_future(handle.result())
-    with console.status(f"Batch {handle.id}: starting") as status:
+    with console.status(Text(f"Batch {handle.id}: starting")) as status:
         while not result.done():
-            description = await handle.describe()
-            pending = description.raw_description.pending_activities
-            doing = ", ".join(
-                f"{activity.activity_type.name} (attempt {activity.attempt})"
-                for activity in pending
-            )
-            status.update(
-                f"{handle.id}: {doing or 'waiting for a worker'} · "
-                f"{time.monotonic() - started:.0f}s"
-            )
+            try:
+                done, total = await handle.query(
+                    ProcessOrderBatchWorkflow.progress, rpc_timeout=timedelta(seconds=2)
+                )
+                doing = f"{done:,} of {total:,} pages done"
+            except (RPCError, WorkflowQueryFailedError):
+                doing = "waiting for a worker"
+            status.update(Text(f"{handle.id}: {doing} · {time.monotonic() - started:.0f}s"))
             await asyncio.wait([result], timeout=0.5)
     result.exception()  # the caller reads the outcome from handle.result()
 
@@ -142,50 +161,100 @@ async def wait_with_status(handle: WorkflowHandle[Any, BatchSummary], console: C
 async def run_batch(client: Client, request: OrderBatchRequest, console: Console) -> int:
     """Run (or find) one batch, print its summary and payload report; return an exit code."""
     handle, started = await start_or_find(client, request)
+    batch = Text(request.batch_id, "bold")
     if started:
         console.print(
-            f"Started batch [bold]{request.batch_id}[/] ({request.order_count:,} orders) "
-            f"as workflow {handle.id}"
+            Text.assemble(
+                "Started batch ",
+                batch,
+                f" ({request.order_count:,} orders, pages of {request.page_size:,}) "
+                f"as workflow {handle.id}",
+            )
         )
     else:
         console.print(
-            f"Batch [bold]{request.batch_id}[/] already has workflow {handle.id}; "
-            "reporting that run instead of processing it again."
+            Text.assemble(
+                "Batch ",
+                batch,
+                f" already has workflow {handle.id}; reporting that run instead of "
+                "processing it again.",
+            )
         )
-    await wait_with_status(handle, console)
+    try:
+        await wait_with_status(handle, console)
+    except asyncio.CancelledError:
+        console.print(
+            Text(
+                f"Stopped watching. Batch {request.batch_id} keeps running on the worker; "
+                "see its result with: "
+                f"uv run starter.py --batch-id {shlex.quote(request.batch_id)}"
+            )
+        )
+        return 130
     try:
         summary = await handle.result()
     except WorkflowFailureError as err:
-        if isinstance(err.cause, CancelledError):
-            console.print(
-                f"[yellow]Batch {request.batch_id} was cancelled before it completed; start it "
-                "again with the same --batch-id to process it from the beginning.[/]"
-            )
-            return 1
-        console.print(f"[red]Batch {request.batch_id} did not complete: {err.cause}[/]")
-        return 1
-    description = await handle.describe()
-    run_handle = client.get_workflow_handle(handle.id, run_id=description.run_id)
+        return _report_failure(console, request, err)
     console.print(summary_table(summary))
-    report = await payload_report(run_handle, client.data_converter)
-    console.print(payload_table(report))
-    for number, key in enumerate(redis_keys(report), start=1):
-        console.print(f"key {number}: {key}", soft_wrap=True, highlight=False)
-    console.print("See the history yourself:")
-    console.print(
-        show_command(client, handle.id, description.run_id), soft_wrap=True, highlight=False
-    )
+    description = await handle.describe()
+    first_run = description.raw_description.workflow_execution_info.first_run_id
+    await _print_payload_report(client, console, handle.id, first_run or description.run_id)
     return 0
 
 
-def show_command(client: Client, workflow_id: str, run_id: str) -> str:
-    """The `temporal workflow show` command for this run, with the connection flags it needs."""
-    command = f"temporal workflow show --workflow-id {workflow_id} --run-id {run_id}"
+def _report_failure(console: Console, request: OrderBatchRequest, err: WorkflowFailureError) -> int:
+    if isinstance(err.cause, CancelledError):
+        message = (
+            f"Batch {request.batch_id} was cancelled before it completed; start it again "
+            "with the same --batch-id to process it from the beginning."
+        )
+    elif isinstance(err.cause, TerminatedError):
+        message = f"Batch {request.batch_id} was terminated: {err.cause}"
+    else:
+        message = f"Batch {request.batch_id} did not complete: {err.cause}"
+    console.print(Text(message, "red"))
+    return 1
+
+
+async def _print_payload_report(
+    client: Client, console: Console, workflow_id: str, first_run_id: str
+) -> None:
+    """The payload report, or one sentence on why it could not be built: the batch ran."""
+    try:
+        report = await payload_report(client, workflow_id, first_run_id, client.data_converter)
+    except (RPCError, ConfigError) as err:
+        console.print(Text(f"The payload report could not be built ({one_line(err)}).", "yellow"))
+        return
+    console.print(payload_table(report))
+    keys = report.redis_keys
+    for number, key in enumerate(keys[:KEYS_SHOWN], start=1):
+        console.print(Text(f"key {number}: {key}"), soft_wrap=True)
+    if len(keys) > KEYS_SHOWN:
+        console.print(
+            Text(
+                f"... and {len(keys) - KEYS_SHOWN:,} more; list them with "
+                "uv run payloads.py list --workflow-id ID (each page's workflow id)."
+            )
+        )
+    if report.problem:
+        console.print(Text(report.problem, "yellow"))
+    console.print("See the history yourself (the batch, then a page with its order list):")
+    console.print(Text(show_command(client, workflow_id)), soft_wrap=True)
+    if report.pages:
+        page_id, page_run = report.pages[0]
+        console.print(Text(show_command(client, page_id, page_run)), soft_wrap=True)
+
+
+def show_command(client: Client, workflow_id: str, run_id: str | None = None) -> str:
+    """The `temporal workflow show` command for a run, with the connection flags it needs."""
+    command = f"temporal workflow show --workflow-id {shlex.quote(workflow_id)}"
+    if run_id:
+        command += f" --run-id {run_id}"
     address = client.service_client.config.target_host
     if address not in ("localhost:7233", "127.0.0.1:7233") and "TEMPORAL_ADDRESS" not in os.environ:
         command += f" --address {address}"
     if client.namespace != "default" and "TEMPORAL_NAMESPACE" not in os.environ:
-        command += f" --namespace {client.namespace}"
+        command += f" --namespace {shlex.quote(client.namespace)}"
     return command
 
 
@@ -196,14 +265,24 @@ async def main(request: OrderBatchRequest) -> int:
 
 
 if __name__ == "__main__":
-    arg_parser = argparse.ArgumentParser(description=__doc__)
+    arg_parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_batch_arguments(arg_parser)
     batch_request = request_from_args(arg_parser.parse_args())
+    errors = Console(stderr=True)
     try:
         exit_code = asyncio.run(main(batch_request))
     except ConfigError as err:
-        Console(stderr=True).print(f"[red]starter: {err}[/]")
+        errors.print(Text(f"starter: {err}", "red"))
         exit_code = 1
     except KeyboardInterrupt:
+        errors.print(
+            Text(
+                f"Stopped. If batch {batch_request.batch_id} started, it keeps running; see it "
+                f"with: uv run starter.py --batch-id {shlex.quote(batch_request.batch_id)}"
+            )
+        )
         exit_code = 130
+    except Exception as err:  # anything else still ends in one sentence, never a traceback
+        errors.print(Text(f"starter: stopped by an unexpected error ({one_line(err)}).", "red"))
+        exit_code = 1
     exit_without_finalizing(exit_code)

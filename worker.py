@@ -1,37 +1,91 @@
-"""Run the worker: `uv run worker.py [--metrics-port PORT]`. Stop it with Ctrl+C."""
+"""Run the worker: `uv run worker.py [--metrics-port PORT]`. Stop it with Ctrl+C.
+
+Neighbours: workflows.py, activities.py, models.py, config.py (settings and the shared
+DataConverter).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import logging
+import os
+import shutil
 import signal
 import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from rich.console import Console
+from rich.text import Text
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import fetch_orders, process_orders
-from config import ConfigError, connected_client, exit_without_finalizing, load_settings, redact_url
+from config import (
+    ConfigError,
+    connected_client,
+    exit_without_finalizing,
+    load_settings,
+    one_line,
+    redact_url,
+)
 from models import TASK_QUEUE
 from payload_metrics import prometheus_runtime
 from redis_checks import payload_risks_at
-from workflows import ProcessOrderBatchWorkflow
+from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
 console = Console(stderr=True)
+# Activities are CPU-bound: a few threads keep both cores busy and leave room for small
+# batches next to a big one; more would only queue on Python's GIL.
+ACTIVITY_THREADS = max(4, 2 * (os.cpu_count() or 1))
+# On Ctrl+C, running activities get this long to finish before they are cancelled.
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
-def build_worker(client: Client) -> Worker:
-    """The sample's worker: one workflow, two activities, one task queue."""
+def build_worker(client: Client, *, task_queue: str = TASK_QUEUE) -> Worker:
+    """The sample's worker: two workflows, two activities, one task queue."""
     return Worker(
         client,
-        task_queue=TASK_QUEUE,
-        workflows=[ProcessOrderBatchWorkflow],
+        task_queue=task_queue,
+        workflows=[ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow],
         activities=[fetch_orders, process_orders],
+        activity_executor=activity_executor(),
+        max_concurrent_activities=ACTIVITY_THREADS,
         # Send heartbeats at least every second, so a cancel reaches process_orders promptly.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
+
+
+@functools.cache
+def activity_executor() -> ThreadPoolExecutor:
+    """One thread pool per process, shared by its workers."""
+    return ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="activity")
+
+
+class _WrappingFormatter(logging.Formatter):
+    """Wraps log lines to the terminal's width. Plain stdlib: workflow code logs from inside
+    the sandbox, where a third-party handler's lazy imports would fail."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        width = shutil.get_terminal_size((80, 24)).columns
+        return textwrap.fill(super().format(record), width=width, subsequent_indent="  ")
+
+
+def configure_logging() -> None:
+    """Workflow and activity log lines (a re-run page, a resumed activity) on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_WrappingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    for name in ("temporalio.workflow", "temporalio.activity"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    # The ids are in the messages already; the SDK's info dicts would only add noise.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
 
 
 async def main(metrics_port: int | None = None) -> None:
@@ -50,17 +104,31 @@ async def main(metrics_port: int | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
         async with build_worker(client):
             console.print(
-                f"Worker polling task queue [bold]{TASK_QUEUE}[/] on "
-                f"{client.service_client.config.target_host}, payloads in Redis at "
-                f"{redact_url(settings.redis_url)}. Ctrl+C to stop."
+                Text.assemble(
+                    "Worker polling task queue ",
+                    (TASK_QUEUE, "bold"),
+                    f" on {client.service_client.config.target_host}, payloads in Redis "
+                    f"at {redact_url(settings.redis_url)}. Ctrl+C to stop.",
+                )
             )
             if metrics_port is not None:
                 console.print(f"Prometheus metrics on http://localhost:{metrics_port}/metrics")
             for risk in risks:
-                console.print(f"[yellow]warning: {risk}[/]")
+                console.print(Text(f"warning: {risk}", style="yellow"))
             await stop.wait()
-            console.print("Shutting down: finishing in-flight tasks...")
+            seconds = GRACEFUL_SHUTDOWN.total_seconds()
+            console.print(
+                f"Shutting down: running activities get up to {seconds:.0f} s to finish, "
+                "then Temporal retries them elsewhere. Ctrl+C again stops at once."
+            )
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, _stop_now)
         console.print("Worker stopped.")
+
+
+def _stop_now() -> None:
+    console.print("Stopped at once; Temporal retries the unfinished activities on another worker.")
+    exit_without_finalizing(130)
 
 
 def _port(raw: str) -> int:
@@ -70,16 +138,21 @@ def _port(raw: str) -> int:
 
 
 if __name__ == "__main__":
-    arg_parser = argparse.ArgumentParser(description=__doc__)
+    arg_parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arg_parser.add_argument(
         "--metrics-port",
         type=_port,
         default=None,
         help="serve Prometheus metrics on this port, all interfaces (default: off)",
     )
+    port = arg_parser.parse_args().metrics_port
+    configure_logging()
     try:
-        asyncio.run(main(arg_parser.parse_args().metrics_port))
+        asyncio.run(main(port))
     except ConfigError as err:
-        console.print(f"[red]worker: {err}[/]")
+        console.print(Text(f"worker: {err}", style="red"))
         sys.exit(1)
+    except Exception as err:  # anything else still ends in one sentence, never a traceback
+        console.print(Text(f"worker: stopped by an unexpected error ({one_line(err)}).", "red"))
+        exit_without_finalizing(1)
     exit_without_finalizing(0)

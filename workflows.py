@@ -1,63 +1,206 @@
-"""The fulfillment-batch workflow. Deterministic code only: all I/O happens in activities."""
+"""The fulfillment-batch workflows. Deterministic code only: all I/O happens in activities.
+
+``ProcessOrderBatchWorkflow`` splits a batch into pages and runs each page as a child
+``ProcessOrderPageWorkflow``: ``fetch_orders`` returns the page's order list, which travels
+through Redis to ``process_orders``. The batch workflow only ever holds small values (page
+requests and summaries), so its history never depends on Redis; a page whose order list was
+lost from Redis is simply run again. Neighbours: models.py (and activities.py by name).
+"""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RawValue, RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    TerminatedError,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from models import BatchSummary, OrderBatchRequest
+    from models import (
+        BatchProgress,
+        BatchSummary,
+        OrderBatchRequest,
+        OrderPageRequest,
+        PageSummary,
+    )
 
-# Redis or a worker can go away for a while; retry with backoff rather than fail the batch.
-ACTIVITY_RETRY_POLICY = RetryPolicy(
+# Pages run at once per batch: several workers can share a big batch, and a worker never
+# holds more than a few pages in memory.
+MAX_PAGES_IN_FLIGHT = 4
+# Pages per workflow run; then the batch continues as new, so its history stays bounded.
+PAGES_PER_RUN = 100
+# Runs of one page (fetch, then process) before the batch gives up on it.
+PAGE_RUNS = 3
+
+# fetch_orders can always be retried: Redis or a worker can go away for a while.
+FETCH_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=20,
-    non_retryable_error_types=["InvalidOrderBatch"],
+)
+# process_orders cannot fix its own input: the SDK reports an input lost from Redis as a
+# retryable "Failed decoding arguments". After 3 attempts the page runs again from the fetch.
+PROCESS_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_attempts=3
 )
 
 
 @workflow.defn
-class ProcessOrderBatchWorkflow:
-    """Fetches a batch of orders, prices their shipping, and returns a small summary.
+class ProcessOrderPageWorkflow:
+    """One page: fetch its orders, then price their shipping. Returns the page's totals.
 
-    The order list is the only large value. It travels from `fetch_orders` to
-    `process_orders` through Redis; history keeps a claim-check reference to it.
+    The order list is the only large value. The workflow never looks inside it, so it keeps
+    it as a ``RawValue``: the list is not decoded in the sandbox, and ``process_orders`` gets
+    the exact bytes that ``fetch_orders`` returned (one Redis key for both hops).
     """
 
     @workflow.run
-    async def run(self, request: OrderBatchRequest) -> BatchSummary:
-        if request.order_count <= 0:
-            raise ApplicationError(
-                f"Batch {request.batch_id!r} asks for {request.order_count} orders; "
-                "the order count must be a positive number.",
-                type="InvalidOrderBatch",
-                non_retryable=True,
-            )
-        # The workflow never looks inside the order list, so it keeps it as a RawValue: the
-        # list is not decoded in the sandbox, and process_orders gets the exact bytes that
-        # fetch_orders returned (which is also what lets Redis store them once).
+    async def run(self, page: OrderPageRequest) -> PageSummary:
         orders: RawValue = await workflow.execute_activity(
             "fetch_orders",
-            request,
+            page,
             result_type=RawValue,
             start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=ACTIVITY_RETRY_POLICY,
+            retry_policy=FETCH_RETRY_POLICY,
         )
-        summary: BatchSummary = await workflow.execute_activity(
+        summary: PageSummary = await workflow.execute_activity(
             "process_orders",
             orders,
-            result_type=BatchSummary,
+            result_type=PageSummary,
             start_to_close_timeout=timedelta(minutes=10),
             # A lost worker is noticed within 10 s; a cancel completes only once the activity
             # has stopped, so "cancelled" means no order is still being priced.
             heartbeat_timeout=timedelta(seconds=10),
-            retry_policy=ACTIVITY_RETRY_POLICY,
+            retry_policy=PROCESS_RETRY_POLICY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return summary
+
+
+@workflow.defn
+class ProcessOrderBatchWorkflow:
+    """Runs a batch page by page, a few pages at once, and returns a small summary."""
+
+    def __init__(self) -> None:
+        self._pages_done = 0
+        self._page_count = 0
+
+    @workflow.query
+    def progress(self) -> tuple[int, int]:
+        """(pages done, pages in the batch), for the starter's status line."""
+        return self._pages_done, self._page_count
+
+    @workflow.run
+    async def run(self, request: OrderBatchRequest) -> BatchSummary:
+        if request.order_count <= 0 or request.page_size <= 0:
+            raise ApplicationError(
+                f"Batch {request.batch_id!r} asks for {request.order_count} orders in pages of "
+                f"{request.page_size}; both must be positive numbers.",
+                type="InvalidOrderBatch",
+                non_retryable=True,
+            )
+        page_count = -(-request.order_count // request.page_size)
+        progress = request.progress or BatchProgress(next_page=1, done=PageSummary())
+        self._page_count, self._pages_done = page_count, progress.next_page - 1
+        last_page = min(page_count, progress.next_page + PAGES_PER_RUN - 1)
+        in_flight = asyncio.Semaphore(MAX_PAGES_IN_FLIGHT)
+
+        async def run_page(page: int) -> PageSummary:
+            first = (page - 1) * request.page_size
+            count = min(request.page_size, request.order_count - first)
+            async with in_flight:
+                summary = await self._run_page(
+                    OrderPageRequest(request.batch_id, page, page_count, first, count)
+                )
+            self._pages_done += 1
+            return summary
+
+        pages = range(progress.next_page, last_page + 1)
+        done = progress.done
+        for summary in await asyncio.gather(*(run_page(page) for page in pages)):
+            done += summary
+        if last_page < page_count:
+            workflow.continue_as_new(replace(request, progress=BatchProgress(last_page + 1, done)))
+        return BatchSummary(
+            batch_id=request.batch_id,
+            order_count=done.order_count,
+            total_shipping_cost_cents=done.total_shipping_cost_cents,
+            total_weight_grams=done.total_weight_grams,
+            average_delivery_days=round(done.total_delivery_days / done.order_count, 2),
+            orders_per_state=done.orders_per_state,
+        )
+
+    async def _run_page(self, page: OrderPageRequest) -> PageSummary:
+        """Run one page; if its order list could not be read back, run it again from the
+        fetch (the orders are a pure function of the page), up to PAGE_RUNS times."""
+        where = f"Page {page.page} of {page.page_count}"
+        for run in range(1, PAGE_RUNS + 1):
+            summary = where if run == 1 else f"{where}, run {run}: fetching the orders again"
+            try:
+                result: PageSummary = await workflow.execute_child_workflow(
+                    ProcessOrderPageWorkflow.run,
+                    page,
+                    id=f"{workflow.info().workflow_id}-page-{page.page}",
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                    static_summary=summary,
+                )
+                return result
+            except ChildWorkflowError as err:
+                cause = _root_cause(err)
+                if not _worth_another_run(err) or run == PAGE_RUNS:
+                    raise ApplicationError(
+                        f"{where} of batch {page.batch_id!r} failed"
+                        + (f" after {run} runs" if run > 1 else "")
+                        + f": {cause}",
+                        type=_error_type(err),
+                        non_retryable=True,
+                    ) from None
+                workflow.logger.warning(
+                    "%s of batch %r failed (%s); running it again from fetch_orders "
+                    "(run %d of %d).",
+                    where,
+                    page.batch_id,
+                    cause,
+                    run + 1,
+                    PAGE_RUNS,
+                )
+        raise AssertionError("unreachable")
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost message, e.g. the driver's "Payload not found ... key ..."."""
+    root = _chain(err)[-1]
+    return str(root) or type(root).__name__
+
+
+def _error_type(err: BaseException) -> str:
+    types = [e.type for e in _chain(err) if isinstance(e, ApplicationError) and e.type]
+    return types[-1] if types else "PageFailed"
+
+
+def _worth_another_run(err: ChildWorkflowError) -> bool:
+    """A lost or unreadable order list, a worker lost again and again, Redis down for long:
+    fetching the page again can help. A tampered or oversized payload, an unknown encryption
+    key, a cancel or a termination cannot."""
+    for cause in _chain(err):
+        if isinstance(cause, CancelledError | TerminatedError):
+            return False
+        if isinstance(cause, ApplicationError) and cause.non_retryable:
+            return cause.type == "PayloadNotFoundError"
+    return True
