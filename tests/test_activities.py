@@ -2,20 +2,21 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+import pytest
 from temporalio.testing import ActivityEnvironment
 
+import activities
 from activities import (
-    CATALOG,
-    STATES,
+    SHIPPING_ZONES,
     ZONE_RATES,
     fetch_orders,
-    generate_orders,
     process_orders,
     shipping_quote,
 )
-from models import Address, Customer, LineItem, Order, OrderBatch, OrderBatchRequest
+from models import Address, Customer, LineItem, Order, OrderPage, OrderPageRequest, PageSummary
+from sample_data import CATALOG, STATES, generate_orders
 
 
 def _order(state: str, *items: tuple[int, int]) -> Order:
@@ -33,19 +34,31 @@ def _order(state: str, *items: tuple[int, int]) -> Order:
     )  # fmt: skip
 
 
+def page_request(batch_id: str, first: int, count: int) -> OrderPageRequest:
+    return OrderPageRequest(batch_id, page=1, page_count=1, first_order=first, order_count=count)
+
+
 async def test_fetch_orders_is_deterministic_byte_for_byte() -> None:
     env = ActivityEnvironment()
-    first = await env.run(fetch_orders, OrderBatchRequest("B-42", 300))
-    second = await env.run(fetch_orders, OrderBatchRequest("B-42", 300))
+    first = env.run(fetch_orders, page_request("B-42", 0, 300))
+    second = env.run(fetch_orders, page_request("B-42", 0, 300))
     assert json.dumps(asdict(first)) == json.dumps(asdict(second))
-    other = await env.run(fetch_orders, OrderBatchRequest("B-43", 300))
+    other = env.run(fetch_orders, page_request("B-43", 0, 300))
     assert asdict(other) != asdict(first)
     assert first.batch_id == "B-42"
-    assert [o.order_id for o in first.orders][:2] == ["B-42-000001", "B-42-000002"]
+    assert [o.order_id for o in first.orders][:2] == ["B-42-0000001", "B-42-0000002"]
+
+
+async def test_a_page_holds_the_same_orders_as_the_whole_list_at_its_positions() -> None:
+    whole = generate_orders("B-7", 0, 1_000)
+    pages = [generate_orders("B-7", first, 250) for first in range(0, 1_000, 250)]
+    assert [order for page in pages for order in page] == whole
+    fetched = ActivityEnvironment().run(fetch_orders, page_request("B-7", 400, 100))
+    assert fetched.first_order == 400 and fetched.orders == whole[400:500]
 
 
 def test_orders_look_like_real_orders() -> None:
-    orders = generate_orders("B-real", 2_000)
+    orders = generate_orders("B-real", 0, 2_000)
     assert len({o.customer.address.state for o in orders}) >= 10
     assert all(1 <= len(o.line_items) <= 6 for o in orders)
     assert all("@" in o.customer.email and o.customer.name.count(" ") == 1 for o in orders)
@@ -59,7 +72,8 @@ def test_orders_look_like_real_orders() -> None:
 
 
 def test_shipping_quote_uses_zone_and_started_kilograms() -> None:
-    base, per_kg, days = ZONE_RATES[STATES["CA"][2]]
+    assert set(SHIPPING_ZONES) == set(STATES)
+    base, per_kg, days = ZONE_RATES[SHIPPING_ZONES["CA"]]
     cost, grams, delivery_days = shipping_quote(_order("CA", (2, 600), (1, 250)))
     assert grams == 1_450
     assert cost == base + per_kg * 2  # 1.45 kg is two started kilograms
@@ -74,9 +88,8 @@ def test_heavy_parcels_take_a_day_longer() -> None:
 
 async def test_process_orders_adds_up_the_batch() -> None:
     orders = [_order("OH", (1, 1_000)), _order("CA", (3, 500)), _order("CA", (1, 30_000))]
-    summary = await ActivityEnvironment().run(process_orders, OrderBatch("B-1", orders))
+    summary = ActivityEnvironment().run(process_orders, OrderPage("B-1", 1, 0, orders))
     quotes = [shipping_quote(o) for o in orders]
-    assert summary.batch_id == "B-1"
     assert summary.order_count == 3
     assert (
         summary.total_shipping_cost_cents
@@ -84,13 +97,46 @@ async def test_process_orders_adds_up_the_batch() -> None:
         == 599 + 45 + (1299 + 115 * 2) + (1299 + 115 * 30)
     )
     assert summary.total_weight_grams == 1_000 + 1_500 + 30_000
-    assert summary.average_delivery_days == round((1 + 5 + 6) / 3, 2)
+    assert summary.total_delivery_days == 1 + 5 + 6
     assert summary.orders_per_state == {"CA": 2, "OH": 1}
 
 
-async def test_process_orders_heartbeats_progress_on_large_batches() -> None:
+def test_process_orders_heartbeats_progress_and_totals_so_far(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(activities, "HEARTBEAT_SECONDS", 0)  # a heartbeat after every order
     env = ActivityEnvironment()
+    beats: list[tuple[object, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    page = OrderPage("B-2", 1, 0, generate_orders("B-2", 0, 50))
+    summary = env.run(process_orders, page)
+    assert [done for done, _ in beats] == list(range(1, 51))
+    first_part = ActivityEnvironment().run(process_orders, OrderPage("B-2", 1, 0, page.orders[:20]))
+    assert beats[19][1] == first_part
+    assert summary.order_count == 50
+
+
+def test_a_retry_resumes_after_the_last_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    page = OrderPage("B-3", 1, 0, generate_orders("B-3", 0, 300))
+    undisturbed = ActivityEnvironment().run(process_orders, page)
+    first_part = ActivityEnvironment().run(
+        process_orders, OrderPage("B-3", 1, 0, page.orders[:200])
+    )
+    # An earlier attempt heartbeated after 200 orders; the details come back as JSON.
+    monkeypatch.setattr(activities, "HEARTBEAT_SECONDS", 0)
+    env = ActivityEnvironment()
+    env.info = replace(env.info, attempt=2, heartbeat_details=[200, asdict(first_part)])
     beats: list[object] = []
     env.on_heartbeat = lambda *details: beats.append(details[0])
-    await env.run(process_orders, OrderBatch("B-2", generate_orders("B-2", 1_200)))
-    assert beats == [500, 1_000]
+
+    resumed = env.run(process_orders, page)
+
+    assert resumed == undisturbed
+    assert beats == list(range(201, 301))  # the first 200 orders were not priced again
+
+
+def test_page_summaries_add_up() -> None:
+    a = PageSummary(1, 100, 10, 2, {"OH": 1})
+    b = PageSummary(2, 50, 5, 3, {"CA": 1, "OH": 1})
+    assert a + b == PageSummary(3, 150, 15, 5, {"CA": 1, "OH": 2})
+    assert PageSummary() + a == a

@@ -9,17 +9,19 @@ from urllib.parse import quote
 import pytest
 import redis.asyncio
 from rich.console import Console
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities import generate_orders, shipping_quote
 from codec import make_data_converter
 from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
 from report import payload_report, payloads_by_hop, storage_reference
 from starter import DEFAULT_ORDER_COUNT, run_batch, start_or_find, workflow_id_for
+from tests.conftest import client_with
+from tests.support import history, page_handle, undisturbed_summary
 from worker import build_worker
-from workflows import ProcessOrderBatchWorkflow
+from workflows import PAGES_PER_RUN, ProcessOrderBatchWorkflow
 
 
 @pytest.fixture
@@ -27,82 +29,126 @@ async def client(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> AsyncIterator[Client]:
     """A client with the sample's DataConverter, and the sample's worker running on it."""
-    config = temporal_env.client.config()
-    config["data_converter"] = make_data_converter(redis_client)
-    client = Client(**config)
+    client = client_with(temporal_env, make_data_converter(redis_client))
     async with build_worker(client):
         yield client
 
 
-def expected_summary(batch_id: str, count: int) -> tuple[int, int]:
-    orders = generate_orders(batch_id, count)
-    quotes = [shipping_quote(order) for order in orders]
-    return sum(q[0] for q in quotes), sum(q[1] for q in quotes)
+async def run(client: Client, request: OrderBatchRequest) -> BatchSummary:
+    return await client.execute_workflow(
+        ProcessOrderBatchWorkflow.run,
+        request,
+        id=workflow_id_for(request.batch_id),
+        task_queue=TASK_QUEUE,
+    )
 
 
 async def test_default_batch_offloads_only_the_order_list(
     client: Client, redis_client: redis.asyncio.Redis
 ) -> None:
-    batch_id = f"it-{uuid.uuid4().hex[:8]}"
-    summary = await client.execute_workflow(
-        ProcessOrderBatchWorkflow.run,
-        OrderBatchRequest(batch_id, DEFAULT_ORDER_COUNT),
-        id=workflow_id_for(batch_id),
-        task_queue=TASK_QUEUE,
-    )
-    cost, grams = expected_summary(batch_id, DEFAULT_ORDER_COUNT)
-    assert summary.batch_id == batch_id
-    assert summary.order_count == DEFAULT_ORDER_COUNT
-    assert (summary.total_shipping_cost_cents, summary.total_weight_grams) == (cost, grams)
-    assert sum(summary.orders_per_state.values()) == DEFAULT_ORDER_COUNT
+    request = OrderBatchRequest(f"it-{uuid.uuid4().hex[:8]}", DEFAULT_ORDER_COUNT)
+    summary = await run(client, request)
+    assert summary == undisturbed_summary(request)
 
-    handle = client.get_workflow_handle(workflow_id_for(batch_id))
-    run_id = (await handle.describe()).run_id
-    events = [event async for event in handle.fetch_history_events()]
-    hops = {hop: storage_reference(payload) for hop, payload in payloads_by_hop(events)}
+    # The default batch is one page: the batch's history holds only small values...
+    handle = client.get_workflow_handle(workflow_id_for(request.batch_id))
+    batch_hops = payloads_by_hop(await history(handle), page=False)
+    assert [hop for hop, _ in batch_hops] == [
+        "batch input",
+        "page input",
+        "page result",
+        "batch result",
+    ]
+    assert not any(storage_reference(payload) for _, payload in batch_hops)
+
+    # ...and the page's history holds the order list as a reference, both hops one key.
+    page = page_handle(client, request)
+    page_run = (await page.describe()).run_id
+    hops = {hop: storage_reference(p) for hop, p in payloads_by_hop(await history(page), page=True)}
     assert list(hops) == [
-        "workflow input",
         "fetch_orders input",
         "fetch_orders output",
         "process_orders input",
         "process_orders output",
-        "workflow result",
     ]
     external = {hop for hop, reference in hops.items() if reference is not None}
     assert external == {"fetch_orders output", "process_orders input"}
-
-    # Both hops carry the same compressed bytes, so they share one key in this run's scope.
     keys = {hops[hop].claim_data["key"] for hop in external}  # type: ignore[union-attr]
     assert len(keys) == 1
     [key] = keys
-    assert f":wi:{quote(workflow_id_for(batch_id), safe='')}:ri:{run_id}:" in key
-    assert key.startswith("temporalio:payloads:v0:ns:default:wt:ProcessOrderBatchWorkflow:")
-    assert [k.decode() async for k in redis_client.scan_iter(match="temporalio:payloads:*")] == [
-        key
-    ]
+    assert key.startswith("temporalio:payloads:v0:ns:default:wt:ProcessOrderPageWorkflow:")
+    assert f":wi:{quote(page.id, safe='')}:ri:{page_run}:" in key
+    stored = [k.decode() async for k in redis_client.scan_iter(match="temporalio:payloads:*")]
+    assert stored == [key]
 
-    report = {row.hop: row for row in await payload_report(handle, client.data_converter)}
-    order_list = report["fetch_orders output"]
-    assert order_list.in_redis and order_list.redis_key == key
-    assert order_list.compressed_bytes > 256 * 1024
-    assert order_list.original_bytes > 5 * order_list.compressed_bytes
+    description = await handle.describe()
+    report = await payload_report(client, handle.id, description.run_id, client.data_converter)
+    rows = {row.hop: row for row in report.hops}
+    order_list = rows["fetch_orders output"]
+    assert order_list.in_redis and order_list.redis_keys == [key]
+    assert order_list.stored_bytes > 256 * 1024
+    assert order_list.original_bytes is not None
+    assert order_list.original_bytes > 5 * order_list.stored_bytes
     assert order_list.history_bytes < 1024
-    assert not report["workflow result"].in_redis
+    assert not rows["batch result"].in_redis
+    assert report.problem is None
 
 
-async def test_non_positive_order_count_fails_at_once(client: Client) -> None:
-    batch_id = f"bad-{uuid.uuid4().hex[:8]}"
-    with pytest.raises(WorkflowFailureError) as caught:
-        await client.execute_workflow(
+async def test_paged_and_unpaged_runs_of_a_batch_give_the_same_summary(
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+) -> None:
+    # A lower threshold still sends each 400-order page (about 37 KiB compressed) to Redis.
+    client = client_with(
+        temporal_env, make_data_converter(redis_client, payload_size_threshold=16 * 1024)
+    )
+    batch_id = f"paged-{uuid.uuid4().hex[:8]}"
+    async with build_worker(client):
+        whole = await run(client, OrderBatchRequest(batch_id, 2_000, page_size=2_000))
+        # Same batch id, so the same orders; another workflow id, so it runs again.
+        paged = await client.execute_workflow(
             ProcessOrderBatchWorkflow.run,
-            OrderBatchRequest(batch_id, 0),
-            id=workflow_id_for(batch_id),
+            OrderBatchRequest(batch_id, 2_000, page_size=400),
+            id=workflow_id_for(batch_id) + "-paged",
             task_queue=TASK_QUEUE,
         )
+    assert paged == whole == undisturbed_summary(OrderBatchRequest(batch_id, 2_000))
+    pages = [
+        k.decode() async for k in redis_client.scan_iter(match="temporalio:payloads:*-paged-page-*")
+    ]
+    assert len(pages) == 5  # every page's order list went through Redis
+
+
+async def test_a_batch_of_many_pages_continues_as_new_and_keeps_history_bounded(
+    client: Client,
+) -> None:
+    pages = PAGES_PER_RUN + 5
+    request = OrderBatchRequest(f"many-{uuid.uuid4().hex[:8]}", pages * 10, page_size=10)
+    assert await run(client, request) == undisturbed_summary(request)
+
+    handle = client.get_workflow_handle(workflow_id_for(request.batch_id))
+    description = await handle.describe()
+    first_run = description.raw_description.workflow_execution_info.first_run_id
+    assert first_run != description.run_id  # the batch continued as new once
+    first = await history(client.get_workflow_handle(handle.id, run_id=first_run))
+    started = [
+        e for e in first if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
+    ]
+    assert len(started) == PAGES_PER_RUN
+    assert first[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    assert len(await history(handle)) < len(first)  # the last run holds the other 5 pages
+
+
+@pytest.mark.parametrize(("orders", "page_size"), [(0, 10), (-1, 10), (10, 0)])
+async def test_non_positive_order_count_or_page_size_fails_at_once(
+    client: Client, orders: int, page_size: int
+) -> None:
+    request = OrderBatchRequest(f"bad-{uuid.uuid4().hex[:8]}", orders, page_size)
+    with pytest.raises(WorkflowFailureError) as caught:
+        await run(client, request)
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.non_retryable and cause.type == "InvalidOrderBatch"
-    assert "must be a positive number" in str(cause)
+    assert "must be positive numbers" in str(cause)
 
 
 async def test_same_batch_started_twice_runs_once(client: Client) -> None:
@@ -121,4 +167,7 @@ async def test_same_batch_started_twice_runs_once(client: Client) -> None:
     assert await run_batch(client, request, console) == 0
     output = console.export_text()
     assert "already has workflow" in output
-    assert f"temporal workflow show --workflow-id {handle.id} --run-id {runs[0].run_id}" in output
+    shows = [line for line in output.splitlines() if line.startswith("temporal workflow show")]
+    assert shows[0].startswith(f"temporal workflow show --workflow-id {handle.id} --address")
+    page_run = (await page_handle(client, request).describe()).run_id
+    assert f"--workflow-id {handle.id}-page-1 --run-id {page_run}" in output
