@@ -37,7 +37,6 @@ ZSTD_ENCODING = b"binary/zstd"
 # Level 3 is zstd's default: on order JSON it is ~10x faster than gzip -9 and smaller.
 ZSTD_LEVEL = 3
 DEFAULT_PAYLOAD_SIZE_THRESHOLD = 256 * 1024
-_READ_CHUNK = 1024 * 1024
 
 
 class ZstdCodec(PayloadCodec):
@@ -49,7 +48,7 @@ class ZstdCodec(PayloadCodec):
     lets the Redis driver store identical values once.
 
     Decompression is bounded by ``max_decompressed_size`` bytes: a frame must declare its
-    size, at most that, and is read in chunks that stop at the limit, so a small hostile
+    size, at most that, and a streaming reader stops one byte past it, so a small hostile
     payload cannot make a worker allocate gigabytes. A payload larger than the limit is
     not compressed, so nothing this codec writes is beyond what it reads.
     """
@@ -104,11 +103,10 @@ class ZstdCodec(PayloadCodec):
             raise _too_large(f"declares {declared:,} bytes, over the limit of {limit:,} bytes")
         chunks: list[bytes] = []
         total = 0
+        # Never asks for more than declared + 1 (<= limit + 1) bytes: one more shows a lie.
         with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
-            while chunk := reader.read(min(_READ_CHUNK, limit + 1 - total)):
+            while total <= declared and (chunk := reader.read(declared + 1 - total)):
                 total += len(chunk)
-                if total > limit:
-                    raise _too_large(f"decompresses to more than the limit of {limit:,} bytes")
                 chunks.append(chunk)
         if total != declared:
             raise ValueError(f"{total} bytes decompressed where the frame declares {declared}")
