@@ -28,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 from encryption import AesGcmCodec, EncryptionKey
 from json_converter import MsgspecPayloadConverter
 from payload_metrics import MeteredStorageDriver
-from redis_driver import RedisStorageDriver, new_redis_asyncio_client
+from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, new_redis_asyncio_client
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -46,7 +46,19 @@ class ZstdCodec(PayloadCodec):
     carrying this codec's encoding, so payloads written without the codec still decode.
     Output is deterministic: the same payload always compresses to the same bytes, which
     lets the Redis driver store identical values once.
+
+    Decompression is bounded by ``max_decompressed_size`` bytes: a frame must declare its
+    size, at most that, and a streaming reader stops one byte past it, so a small hostile
+    payload cannot make a worker allocate gigabytes. A payload larger than the limit is
+    not compressed, so nothing this codec writes is beyond what it reads.
     """
+
+    def __init__(self, *, max_decompressed_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+        if max_decompressed_size <= 0:
+            raise ValueError(
+                f"max_decompressed_size must be greater than zero, got {max_decompressed_size}."
+            )
+        self._max_decompressed_size = max_decompressed_size
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._compress(payload) for payload in payloads]
@@ -54,22 +66,24 @@ class ZstdCodec(PayloadCodec):
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._decompress(payload) for payload in payloads]
 
-    @staticmethod
-    def _compress(payload: Payload) -> Payload:
+    def _compress(self, payload: Payload) -> Payload:
         raw = payload.SerializeToString(deterministic=True)
+        if len(raw) > self._max_decompressed_size:
+            return payload  # could not be decompressed again; the driver's size check names it
         compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
         if len(compressed) >= len(raw):
             return payload
         return Payload(metadata={"encoding": ZSTD_ENCODING}, data=compressed)
 
-    @staticmethod
-    def _decompress(payload: Payload) -> Payload:
+    def _decompress(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ZSTD_ENCODING:
             return payload
         try:
-            raw = zstandard.ZstdDecompressor().decompress(payload.data)
+            raw = self._bounded_decompress(payload.data)
             decoded = Payload()
             decoded.ParseFromString(raw)
+        except ApplicationError:
+            raise
         except Exception as err:
             raise ApplicationError(
                 f"A {ZSTD_ENCODING.decode()} payload of {len(payload.data)} bytes is corrupted "
@@ -79,6 +93,32 @@ class ZstdCodec(PayloadCodec):
                 non_retryable=True,
             ) from err
         return decoded
+
+    def _bounded_decompress(self, data: bytes) -> bytes:
+        limit = self._max_decompressed_size
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+            raise _too_large(f"does not declare its size, so it cannot be held to {limit:,} bytes")
+        if declared > limit:
+            raise _too_large(f"declares {declared:,} bytes, over the limit of {limit:,} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        # Never asks for more than declared + 1 (<= limit + 1) bytes: one more shows a lie.
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            while total <= declared and (chunk := reader.read(declared + 1 - total)):
+                total += len(chunk)
+                chunks.append(chunk)
+        if total != declared:
+            raise ValueError(f"{total} bytes decompressed where the frame declares {declared}")
+        return b"".join(chunks)
+
+
+def _too_large(what: str) -> ApplicationError:
+    return ApplicationError(
+        f"A {ZSTD_ENCODING.decode()} payload {what}.",
+        type="PayloadTooLargeError",
+        non_retryable=True,
+    )
 
 
 class CodecChain(PayloadCodec):
@@ -126,6 +166,7 @@ def make_data_converter(
     Migrating: new payloads are stored by the ``driver_name`` driver; drivers in
     ``retrieve_only`` (e.g. the old name or the old Redis) only read existing claims.
     ``keep_inline`` returns True for payloads that stay in history despite their size.
+    ``max_payload_size`` bounds both what the driver stores and what the codec decompresses.
     ``metric_meter`` records payloads offloaded and fetched (see payload_metrics.py).
     With ``encryption_keys`` every payload is also encrypted after compression (the first
     key encrypts, all decrypt; see encryption.py).
@@ -149,7 +190,7 @@ def make_data_converter(
     ) -> StorageDriver | None:
         return None if keep_inline and keep_inline(context, payload) else store_driver
 
-    codec: PayloadCodec = ZstdCodec()
+    codec: PayloadCodec = ZstdCodec(max_decompressed_size=max_payload_size)
     if encryption_keys:
         codec = CodecChain([codec, AesGcmCodec(encryption_keys)])
     return dataclasses.replace(

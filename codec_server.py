@@ -5,30 +5,40 @@ It speaks Temporal's remote codec protocol (a JSON body ``{"payloads": [...]}`` 
 form, answered in the same shape) with the DataConverter from ``codec.make_data_converter``,
 the one the worker uses:
 
-- ``POST /encode``: compress, then store in Redis when still at or over the threshold.
+- ``POST /encode``: compress, then store in Redis (under the request's namespace) when still at
+  or over the threshold.
 - ``POST /decode``: fetch storage references from Redis, then decompress;
   ``?preserveStorageRefs=true`` leaves references as they are (the Web UI always asks for this
-  and offers a download button instead).
+  and offers a download button instead). A payload it cannot read comes back as a small JSON
+  marker that says so, so one lost payload never hides the rest of a history.
 - ``POST /download``: every payload must be a storage reference; fetch and decompress them.
 
-/decode shows payload contents to whoever can reach it, so the server listens on 127.0.0.1 and,
-when ``CODEC_AUTH_TOKEN`` (or ``--auth-token``) is set, answers only requests that carry
-``Authorization: Bearer <token>`` (the CLI's ``--codec-auth "Bearer <token>"``).
+/decode shows payload contents to whoever can reach it, so the server listens on 127.0.0.1,
+answers only Host names it was started for, only JSON bodies, only the Web UI origins it was
+given, and, when ``CODEC_AUTH_TOKEN`` (or ``--auth-token``) is set, only requests that carry
+``Authorization: Bearer <token>`` (the CLI's ``--codec-auth "Bearer <token>"``). It reads a
+reference only if its key is in the Redis driver's layout and in the request's namespace, and
+bounds the work of every request. docs/codec-server.md lists what it guarantees.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from urllib.parse import unquote
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, TypeVar
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -49,20 +59,35 @@ from temporalio.converter import (
 from temporalio.exceptions import ApplicationError
 
 from config import ConfigError, data_converter, load_settings, redact_url
-from report import storage_reference
+from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_payload_key
+from report import REFERENCE_MESSAGE_TYPE, storage_reference
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
 DEFAULT_UI_ORIGIN = "http://localhost:8233"
+DEFAULT_NAMESPACE = "default"
 AUTH_TOKEN_ENV = "CODEC_AUTH_TOKEN"
-# The order list of a big batch is several MiB of JSON before compression; aiohttp's default is 1.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# An inline payload is at most 2 MiB (the service's default blob limit): 2.7 MiB in base64.
+DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
+# A valid body nests 5 deep ({"payloads": [{"externalPayloads": [{...}]}]}).
+MAX_JSON_DEPTH = 10
+# Requests worked on at once (the others wait): each holds at most its body and its budget.
+MAX_CONCURRENT_REQUESTS = 4
+# Host names always answered besides the address a connection arrived at.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # What the Web UI and the CLI send: the namespace, and a token when one is configured.
 ALLOWED_HEADERS = "Authorization, Authorization-Extras, Content-Type, X-Namespace"
+# One answer for every reference this server does not return, so none reveals why.
+UNAVAILABLE = (
+    "payload unavailable: this codec server does not return it (it is missing, expired, "
+    "changed, not a payload of this namespace, or Redis did not answer); its log says which."
+)
+MARKER_FIELD = "codecServerError"
 
 logger = logging.getLogger("codec_server")
 _REFERENCE_CONVERTER = JSONProtoPayloadConverter()
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_T = TypeVar("_T")
 
 
 class CodecRequestError(Exception):
@@ -73,152 +98,288 @@ class CodecRequestError(Exception):
         self.status = status
 
 
-async def encode_payloads(
-    converter: DataConverter, payloads: Sequence[Payload], namespace: str | None
-) -> list[Payload]:
-    """What the SDK does on the way out: compress, then offload those still >= the threshold.
+@dataclass(frozen=True)
+class Unreadable:
+    """A payload this server does not return: /decode answers a marker, /download an error."""
 
-    With a namespace, Redis keys are scoped to it, as a worker's are.
+    status: int
+    reason: str
+    reference: ExternalStorageReference | None = None
+
+    def marker(self) -> Payload:
+        """A readable JSON payload in place of the one that could not be read."""
+        content: dict[str, Any] = {MARKER_FIELD: self.reason}
+        if self.reference is not None:
+            content["reference"] = json_format.MessageToDict(self.reference)
+        return Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(content).encode())
+
+
+@dataclass(frozen=True)
+class _ToDecode:
+    """A payload to run through the codec: inline, or fetched for ``reference``."""
+
+    payload: Payload
+    reference: ExternalStorageReference | None = None
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A payload to answer as it is: decoded, or a reference kept for preserveStorageRefs."""
+
+    payload: Payload
+
+
+class _Refused(Exception):
+    """Why a reference is not fetched; logged, never sent."""
+
+
+# A payload on its way through /decode or /download.
+_Pending = _ToDecode | _Ready | Unreadable
+
+
+class PayloadCodecService:
+    """The three codec operations over the shared DataConverter, each bounded in its work.
+
+    CPU-heavy steps (parsing, compression, building the answer) run on a small thread pool,
+    so a large request does not stall the others. One answer holds at most about the Redis
+    driver's ``max_payload_size`` of payload bytes; payloads past that are skipped.
     """
-    codec, storage = _codec_and_storage(converter)
-    target = StorageDriverWorkflowInfo(namespace=namespace) if namespace else None
-    compressed = await codec.encode(payloads)
-    return list(await asyncio.gather(*(_offload(storage, p, target) for p in compressed)))
 
-
-async def decode_payloads(
-    converter: DataConverter,
-    payloads: Sequence[Payload],
-    namespace: str | None,
-    *,
-    preserve_storage_refs: bool = False,
-) -> list[Payload]:
-    """What the SDK does on the way in: fetch references from Redis, then decompress."""
-    codec, storage = _codec_and_storage(converter)
-
-    async def decode(payload: Payload) -> Payload:
-        reference = _reference(payload)
-        if reference is None:
-            [decoded] = await codec.decode([payload])
-            return decoded
-        if preserve_storage_refs:
-            return payload
-        return await _fetch(codec, storage, reference, namespace)
-
-    return list(await asyncio.gather(*(decode(p) for p in payloads)))
-
-
-async def download_payloads(
-    converter: DataConverter, payloads: Sequence[Payload], namespace: str | None
-) -> list[Payload]:
-    """Fetch and decompress storage references; anything else is refused."""
-    codec, storage = _codec_and_storage(converter)
-    references = [_reference(payload) for payload in payloads]
-    for index, reference in enumerate(references):
-        if reference is None:
-            raise CodecRequestError(
-                400,
-                f"payload {index} is not an external storage reference; /download only "
-                "fetches references from Redis, send inline payloads to /decode.",
-            )
-    return list(
-        await asyncio.gather(
-            *(_fetch(codec, storage, r, namespace) for r in references if r is not None)
+    def __init__(self, converter: DataConverter, *, namespace: str) -> None:
+        if converter.payload_codec is None or converter.external_storage is None:
+            raise ValueError("The codec server needs a DataConverter with a codec and storage.")
+        if not namespace:
+            raise ValueError("namespace must be a non-empty string.")
+        self._codec: PayloadCodec = converter.payload_codec
+        self._storage: ExternalStorage = converter.external_storage
+        self._namespace = namespace
+        # Only this driver's claims can be checked against its key layout.
+        self._drivers = {
+            driver.name(): driver
+            for driver in self._storage.drivers
+            if isinstance(driver, RedisStorageDriver)
+        }
+        self._max_answer_bytes = max(
+            (driver.max_payload_size for driver in self._drivers.values()),
+            default=DEFAULT_MAX_PAYLOAD_SIZE,
         )
-    )
+        self._pool = ThreadPoolExecutor(MAX_CONCURRENT_REQUESTS, thread_name_prefix="codec")
 
+    @property
+    def namespace(self) -> str:
+        """The namespace of a request without ``X-Namespace``."""
+        return self._namespace
 
-def _codec_and_storage(converter: DataConverter) -> tuple[PayloadCodec, ExternalStorage]:
-    if converter.payload_codec is None or converter.external_storage is None:
-        raise ValueError("The codec server needs a DataConverter with a codec and storage.")
-    return converter.payload_codec, converter.external_storage
+    def close(self) -> None:
+        """Stop the worker threads; work still queued is dropped."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
+    async def in_thread(self, work: Callable[[], _T]) -> _T:
+        """Run CPU-bound ``work`` off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
-async def _offload(
-    storage: ExternalStorage, payload: Payload, target: StorageDriverWorkflowInfo | None
-) -> Payload:
-    # The same rule as ExternalStorage: strictly below the threshold stays inline.
-    if payload.ByteSize() < storage.payload_size_threshold:
-        return payload
-    if storage.driver_selector is None:
-        driver = storage.drivers[0]
-    else:
-        selected = storage.driver_selector(StorageDriverSelectContext(target), payload)
-        if selected is None:
+    # ------------------------------------------------------------------------------ /encode
+
+    async def encode(self, payloads: Sequence[Payload], namespace: str) -> list[Payload]:
+        """What the SDK does on the way out: compress, then offload those still >= the
+        threshold, under keys scoped to ``namespace`` as a worker's are."""
+        # Like decoding (see decode_to_json), compression runs on a private loop in a thread.
+        compressed = await self.in_thread(lambda: asyncio.run(self._codec.encode(payloads)))
+        target = StorageDriverWorkflowInfo(namespace=namespace)
+        return list(await asyncio.gather(*(self._offload(p, target) for p in compressed)))
+
+    async def _offload(self, payload: Payload, target: StorageDriverWorkflowInfo) -> Payload:
+        storage = self._storage
+        # The same rule as ExternalStorage: strictly below the threshold stays inline.
+        if payload.ByteSize() < storage.payload_size_threshold:
             return payload
-        driver = selected
-    [claim] = await driver.store(StorageDriverStoreContext(target), [payload])
-    reference = _REFERENCE_CONVERTER.to_payload(
-        ExternalStorageReference(driver_name=driver.name(), claim_data=claim.claim_data)
-    )
-    assert reference is not None  # a protobuf message always converts
-    reference.external_payloads.add().size_bytes = payload.ByteSize()
-    return reference
+        if storage.driver_selector is None:
+            driver = storage.drivers[0]
+        else:
+            selected = storage.driver_selector(StorageDriverSelectContext(target), payload)
+            if selected is None:
+                return payload
+            driver = selected
+        [claim] = await driver.store(StorageDriverStoreContext(target), [payload])
+        reference = _REFERENCE_CONVERTER.to_payload(
+            ExternalStorageReference(driver_name=driver.name(), claim_data=claim.claim_data)
+        )
+        assert reference is not None  # a protobuf message always converts
+        reference.external_payloads.add().size_bytes = payload.ByteSize()
+        return reference
+
+    # ---------------------------------------------------------------- /decode and /download
+
+    async def fetch(
+        self, payloads: Sequence[Payload], namespace: str, *, preserve_storage_refs: bool
+    ) -> list[_Pending]:
+        """Fetch every reference ``namespace`` may read, one at a time, within the budget."""
+        references = await self.in_thread(lambda: [_reference(p) for p in payloads])
+        pending: list[_Pending] = []
+        fetched: dict[tuple[str, str], Payload | None] = {}
+        fetched_bytes = 0
+        for payload, reference in zip(payloads, references, strict=True):
+            if reference is None:
+                pending.append(_ToDecode(payload))
+            elif isinstance(reference, Unreadable):
+                pending.append(reference)
+            elif preserve_storage_refs:
+                pending.append(_Ready(payload))
+            elif fetched_bytes > self._max_answer_bytes:
+                pending.append(self._skipped(reference))
+            else:
+                cache_key = (reference.driver_name, reference.claim_data.get("key", ""))
+                if cache_key not in fetched:
+                    fetched[cache_key] = await self._fetch(reference, namespace)
+                stored = fetched[cache_key]
+                if stored is None:
+                    pending.append(Unreadable(404, UNAVAILABLE, reference))
+                else:
+                    fetched_bytes += stored.ByteSize()
+                    pending.append(_ToDecode(stored, reference))
+        return pending
+
+    async def _fetch(self, reference: ExternalStorageReference, namespace: str) -> Payload | None:
+        """The stored payload, or None (logged) if this request may not have it or it is gone."""
+        key = reference.claim_data.get("key", "")
+        try:
+            driver, claim = self._scoped_claim(reference, namespace)
+            [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
+        except (_Refused, ApplicationError) as err:
+            logger.warning("not returned: key %r for namespace %r: %s", key, namespace, err)
+            return None
+        except Exception:
+            logger.exception("not returned: key %r for namespace %r", key, namespace)
+            return None
+        return stored
+
+    def _scoped_claim(
+        self, reference: ExternalStorageReference, namespace: str
+    ) -> tuple[RedisStorageDriver, StorageDriverClaim]:
+        """The claim to read, if the reference names a key this request may read."""
+        driver = self._drivers.get(reference.driver_name)
+        if driver is None:
+            raise _Refused(f"driver {reference.driver_name!r} is not a Redis driver of this server")
+        claim = reference.claim_data
+        parsed = parse_payload_key(claim.get("key", ""), driver.key_prefix)
+        if parsed is None:
+            raise _Refused(f"the key is not in the driver's layout under {driver.key_prefix!r}")
+        # The SDK writes a key without a scope only where it has no target (e.g. completing an
+        # activity by task token); such keys belong to the server's own namespace.
+        owner = self._namespace if parsed.scope == "unscoped" else parsed.namespace
+        if owner != namespace:
+            raise _Refused(f"the key belongs to namespace {owner!r}")
+        algorithm = claim.get("hash_algorithm") or "sha256"
+        if (algorithm, claim.get("hash_value") or parsed.digest) != ("sha256", parsed.digest):
+            raise _Refused("the claim's hash is not the digest in its key")
+        # The digest in a key is the hash of what the driver stored there: always check it.
+        checked = {"key": parsed.key, "hash_algorithm": "sha256", "hash_value": parsed.digest}
+        return driver, StorageDriverClaim(claim_data=checked)
+
+    def _skipped(self, reference: ExternalStorageReference | None) -> Unreadable:
+        return Unreadable(
+            413,
+            "payload skipped: this answer already holds the most one request may return "
+            f"({self._max_answer_bytes:,} bytes); ask for fewer payloads at a time.",
+            reference,
+        )
+
+    def decode_to_json(self, pending: Sequence[_Pending], *, strict: bool) -> bytes:
+        """Decompress what is pending and build the answer; runs in a worker thread.
+
+        Not ``strict`` (/decode): an unreadable payload becomes a marker. ``strict``
+        (/download): it fails the request.
+        """
+        answer: list[Payload] = []
+        answer_bytes = 0
+        # The sample's codecs compute without awaiting I/O, so a private event loop in this
+        # thread runs them (a codec awaiting I/O on the server's loop would have to stay there).
+        with asyncio.Runner() as codec_loop:
+            for item in pending:
+                if isinstance(item, _ToDecode):
+                    over = answer_bytes > self._max_answer_bytes
+                    item = self._skipped(item.reference) if over else self._decode(item, codec_loop)
+                if isinstance(item, Unreadable):
+                    if strict:
+                        raise CodecRequestError(item.status, item.reason)
+                    answer.append(item.marker())
+                else:
+                    answer_bytes += item.payload.ByteSize()
+                    answer.append(item.payload)
+        return _payloads_json(answer)
+
+    def _decode(self, item: _ToDecode, codec_loop: asyncio.Runner) -> _Ready | Unreadable:
+        try:
+            [decoded] = codec_loop.run(self._codec.decode([item.payload]))
+        except ApplicationError as err:
+            logger.warning("a payload could not be decoded: %s", err)
+            return Unreadable(422, f"payload unreadable: {err.message}", item.reference)
+        except Exception:
+            logger.exception("the codec failed on a payload")
+            return Unreadable(422, "payload unreadable: the codec failed on it.", item.reference)
+        return _Ready(decoded)
 
 
-def _reference(payload: Payload) -> ExternalStorageReference | None:
+def _reference(payload: Payload) -> ExternalStorageReference | Unreadable | None:
+    """The storage reference a payload holds, None if it holds none, or why it is unreadable."""
+    if payload.metadata.get("messageType") != REFERENCE_MESSAGE_TYPE:
+        return None
     try:
+        check_json_depth(payload.data, "the reference")
         return storage_reference(payload)
-    except json_format.ParseError as err:
-        raise CodecRequestError(
-            400, f"a storage reference payload is not valid JSON ({_one_line(err)})."
-        ) from None
-
-
-async def _fetch(
-    codec: PayloadCodec,
-    storage: ExternalStorage,
-    reference: ExternalStorageReference,
-    namespace: str | None,
-) -> Payload:
-    drivers = {driver.name(): driver for driver in storage.drivers}
-    driver = drivers.get(reference.driver_name)
-    if driver is None:
-        raise CodecRequestError(
+    except (CodecRequestError, json_format.ParseError, ValueError, RecursionError):
+        return Unreadable(
             400,
-            f"the reference names storage driver {reference.driver_name!r}, but this server "
-            f"only has {sorted(drivers)}.",
+            "payload unreadable: it is marked as an external storage reference, but its data "
+            "is not one in JSON.",
         )
-    owner = _key_namespace(reference.claim_data.get("key", ""))
-    if namespace and owner is not None and owner != namespace:
-        raise CodecRequestError(
-            403,
-            f"the reference belongs to namespace {owner!r}, not to {namespace!r} (X-Namespace); "
-            "open it from its own namespace.",
-        )
-    claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
-    [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
-    [decoded] = await codec.decode([stored])
-    return decoded
 
 
-def _key_namespace(key: str) -> str | None:
-    """The namespace a RedisStorageDriver key is scoped to (``...:v0:ns:<name>:...``), if any."""
-    _, scoped, rest = key.partition(":v0:ns:")
-    return unquote(rest.split(":", 1)[0]) if scoped else None
+# -------------------------------------------------------------------------------- bodies
 
 
-async def _read_payloads(request: web.Request) -> list[Payload]:
+def parse_payloads(body: bytes) -> list[Payload]:
+    """The payloads of a request body; ``CodecRequestError`` (400) for anything else."""
+    check_json_depth(body, "the body")
     try:
-        body = json.loads(await request.read())
-    except ValueError as err:
+        # UTF-8 only (RFC 8259): json.loads would also guess UTF-16 and UTF-32 from bytes.
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
         raise CodecRequestError(400, f"the body is not JSON ({_one_line(err)}).") from None
-    if not isinstance(body, dict):
+    if not isinstance(document, dict):
         raise CodecRequestError(400, 'the body must be a JSON object {"payloads": [...]}.')
     try:
-        return list(json_format.ParseDict(body, Payloads()).payloads)
-    except json_format.ParseError as err:
+        return list(json_format.ParseDict(document, Payloads()).payloads)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as err:
         raise CodecRequestError(
             400, f"the body is not a Payloads message in protobuf JSON ({_one_line(err)})."
         ) from None
 
 
-def _payloads_response(payloads: Sequence[Payload]) -> web.Response:
-    return web.json_response({"payloads": [json_format.MessageToDict(p) for p in payloads]})
+# Possessive, so it runs in linear time; an unterminated string runs to the end.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+
+
+def check_json_depth(text: bytes, what: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_JSON_DEPTH`` before any parser recurses into it."""
+    # Brackets inside strings do not count: drop the strings, then every other byte.
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    steps = array.array("b", brackets.translate(_BRACKET_STEPS))
+    if max(accumulate(steps), default=0) > MAX_JSON_DEPTH:
+        raise CodecRequestError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels.")
+
+
+def _payloads_json(payloads: Sequence[Payload]) -> bytes:
+    return json.dumps({"payloads": [json_format.MessageToDict(p) for p in payloads]}).encode()
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:1000]
+    return " ".join(str(err).split())[:300]
+
+
+# ---------------------------------------------------------------------------------- app
 
 
 def build_app(
@@ -226,21 +387,45 @@ def build_app(
     *,
     ui_origins: Sequence[str] = (DEFAULT_UI_ORIGIN,),
     auth_token: str | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    allowed_hosts: Sequence[str] = (),
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
 ) -> web.Application:
-    """The codec server as an aiohttp application; ``converter`` comes from the shared factory."""
-    _codec_and_storage(converter)
+    """The codec server as an aiohttp application; ``converter`` comes from the shared factory.
+
+    ``namespace`` is the namespace of requests without ``X-Namespace``. Requests are answered
+    only for the Host names ``localhost``, ``127.0.0.1``, ``::1``, the address the connection
+    arrived at, and ``allowed_hosts``; and only with at most ``max_body_size`` bytes of body.
+    """
+    if max_body_size <= 0:
+        raise ValueError(f"max_body_size must be greater than zero, got {max_body_size}.")
+    service = PayloadCodecService(converter, namespace=namespace)
     origins = {origin.rstrip("/") for origin in ui_origins}
+    hosts = {host.lower().strip("[]") for host in (*LOCAL_HOSTS, *allowed_hosts)}
+    busy = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+
+    @web.middleware
+    async def trusted_host(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # A page on another site that rebinds its own name to this address sends its name here.
+        name = _host_name(request.headers.get("Host", ""))
+        if name not in hosts and name != _arrived_at(request):
+            return _error(
+                403,
+                f"Host {request.headers.get('Host', '')!r} is not a name this codec server "
+                "answers for; if it is one, start the server with --allowed-host NAME.",
+            )
+        return await handler(request)
 
     @web.middleware
     async def cors(request: web.Request, handler: _Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in origins:
+            return _error(
+                403,
+                f"origin {origin!r} may not call this codec server; "
+                "if it is your Web UI, start the server with --ui-origin ORIGIN.",
+            )
         if request.method == "OPTIONS":
-            if origin not in origins:
-                return _error(
-                    403,
-                    f"origin {origin!r} may not call this codec server; "
-                    f"start it with --ui-origin {origin}.",
-                )
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
@@ -249,7 +434,7 @@ def build_app(
                 response.headers["Access-Control-Allow-Private-Network"] = "true"
         else:
             response = await handler(request)
-        if origin in origins:
+        if origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Vary"] = "Origin"
@@ -257,9 +442,9 @@ def build_app(
 
     @web.middleware
     async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        expected = f"Bearer {auth_token}"
+        token = _bearer_token(request.headers.get("Authorization", ""))
         if auth_token and not hmac.compare_digest(
-            request.headers.get("Authorization", "").encode(), expected.encode()
+            token.encode("utf-8", "surrogateescape"), auth_token.encode("utf-8", "surrogateescape")
         ):
             response = _error(
                 401,
@@ -271,43 +456,122 @@ def build_app(
         return await handler(request)
 
     @web.middleware
+    async def json_only(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # A browser sends text/plain or a form to any site without asking first; JSON it
+        # sends only after a CORS preflight, which only the allowed origins pass.
+        if request.method == "POST" and request.content_type != "application/json":
+            return _error(415, "send the body with the header Content-Type: application/json.")
+        return await handler(request)
+
+    @web.middleware
     async def errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except CodecRequestError as err:
             return _error(err.status, str(err))
-        except ApplicationError as err:
+        except web.HTTPException:
+            raise  # aiohttp's own one-line 404 and 405
+        except ApplicationError as err:  # from the Redis driver, storing for /encode
             if err.type == "RedisUnavailableError":
-                return _error(503, f"Redis did not answer ({_one_line(err)}); try again shortly.")
-            # The driver and codec raise these for a payload that can never be read.
-            status = 404 if err.type == "PayloadNotFoundError" else 422
-            return _error(status, _one_line(err))
+                logger.warning("Redis did not answer: %s", err)
+                return _error(503, "Redis did not answer; try again shortly.")
+            return _error(413 if err.type == "PayloadTooLargeError" else 422, err.message)
+        except Exception:
+            logger.exception("unexpected error answering %s %s", request.method, request.path)
+            return _error(500, "the codec server failed on this request; its log says why.")
 
     def endpoint(
-        transform: Callable[[list[Payload], str | None, web.Request], Awaitable[list[Payload]]],
+        answer: Callable[[list[Payload], str, web.Request], Awaitable[bytes]],
     ) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            payloads = await _read_payloads(request)
-            namespace = request.headers.get("X-Namespace") or None
-            return _payloads_response(await transform(payloads, namespace, request))
+            namespace = request.headers.get("X-Namespace") or service.namespace
+            _check_namespace(namespace)
+            async with busy:
+                body = await _read_body(request, max_body_size)
+                payloads = await service.in_thread(lambda: parse_payloads(body))
+                return web.Response(
+                    body=await answer(payloads, namespace, request),
+                    content_type="application/json",
+                )
 
         return handle
 
-    async def encode(payloads: list[Payload], ns: str | None, _: web.Request) -> list[Payload]:
-        return await encode_payloads(converter, payloads, ns)
+    async def encode(payloads: list[Payload], namespace: str, _: web.Request) -> bytes:
+        encoded = await service.encode(payloads, namespace)
+        return await service.in_thread(lambda: _payloads_json(encoded))
 
-    async def decode(payloads: list[Payload], ns: str | None, req: web.Request) -> list[Payload]:
-        preserve = req.query.get("preserveStorageRefs", "").lower() in ("true", "1")
-        return await decode_payloads(converter, payloads, ns, preserve_storage_refs=preserve)
+    async def decode(payloads: list[Payload], namespace: str, request: web.Request) -> bytes:
+        preserve = request.query.get("preserveStorageRefs", "").lower() in ("true", "1")
+        pending = await service.fetch(payloads, namespace, preserve_storage_refs=preserve)
+        return await service.in_thread(lambda: service.decode_to_json(pending, strict=False))
 
-    async def download(payloads: list[Payload], ns: str | None, _: web.Request) -> list[Payload]:
-        return await download_payloads(converter, payloads, ns)
+    async def download(payloads: list[Payload], namespace: str, _: web.Request) -> bytes:
+        for index, payload in enumerate(payloads):
+            if payload.metadata.get("messageType") != REFERENCE_MESSAGE_TYPE:
+                raise CodecRequestError(
+                    400,
+                    f"payload {index} is not an external storage reference; /download only "
+                    "fetches references from Redis, send inline payloads to /decode.",
+                )
+        pending = await service.fetch(payloads, namespace, preserve_storage_refs=False)
+        return await service.in_thread(lambda: service.decode_to_json(pending, strict=True))
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[cors, auth, errors])
+    async def close_service(_: web.Application) -> None:
+        service.close()
+
+    app = web.Application(
+        client_max_size=max_body_size, middlewares=[trusted_host, cors, auth, json_only, errors]
+    )
     app.router.add_post("/encode", endpoint(encode))
     app.router.add_post("/decode", endpoint(decode))
     app.router.add_post("/download", endpoint(download))
+    app.on_cleanup.append(close_service)
     return app
+
+
+async def _read_body(request: web.Request, max_body_size: int) -> bytes:
+    too_large = CodecRequestError(
+        413,
+        f"the body is larger than this server's limit of {max_body_size:,} bytes; send fewer "
+        "payloads at a time, or start the server with a larger --max-body-size.",
+    )
+    if request.content_length is not None and request.content_length > max_body_size:
+        raise too_large
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+
+
+def _check_namespace(namespace: str) -> None:
+    try:
+        namespace.encode("utf-8")  # aiohttp keeps bytes that are not UTF-8 as surrogates
+    except UnicodeEncodeError:
+        raise CodecRequestError(400, "the X-Namespace header is not UTF-8.") from None
+    if not namespace.isprintable():
+        raise CodecRequestError(400, "the X-Namespace header holds control characters.")
+
+
+def _bearer_token(header: str) -> str:
+    """The token of ``Bearer <token>``; the scheme is case-insensitive (RFC 9110)."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without the port: ``[::1]:8081`` is ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() else host
+
+
+def _arrived_at(request: web.Request) -> str | None:
+    """The local address the connection arrived at (the bound address, or for 0.0.0.0 the
+    interface's): a page of another site cannot be served from it, so it is safe as a Host."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return str(sockname[0]).lower() if sockname else None
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -341,24 +605,38 @@ def _port(value: str) -> int:
     return int(value)
 
 
+def _byte_count(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= 2**31:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count from 1 to {2**31}")
+    return int(value)
+
+
 async def main(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
     settings = load_settings()
     async with data_converter(settings) as converter:
         origins = args.ui_origin or [DEFAULT_UI_ORIGIN]
-        app = build_app(converter, ui_origins=origins, auth_token=args.auth_token)
+        app = build_app(
+            converter,
+            ui_origins=origins,
+            auth_token=args.auth_token,
+            namespace=args.namespace,
+            allowed_hosts=[args.host, *(args.allowed_host or [])],
+            max_body_size=args.max_body_size,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with serve(app, args.host, args.port) as url:
             console.print(
-                f"Codec server at {url} for {', '.join(origins)}, payloads in Redis at "
-                f"{redact_url(settings.redis_url)}, "
+                f"Codec server at {url} for {', '.join(origins)}, namespace {args.namespace}, "
+                f"payloads in Redis at {redact_url(settings.redis_url)}, "
                 + ("token required." if args.auth_token else "no token (local use only).")
                 + " Ctrl+C to stop.",
                 soft_wrap=True,
                 highlight=False,
+                markup=False,
             )
             await stop.wait()
         console.print("Codec server stopped.")
@@ -378,9 +656,29 @@ if __name__ == "__main__":
         default=os.environ.get(AUTH_TOKEN_ENV) or None,
         help=f"require `Authorization: Bearer <token>` (default: ${AUTH_TOKEN_ENV})",
     )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE,
+        help="namespace of requests without X-Namespace (default: $TEMPORAL_NAMESPACE or "
+        f"{DEFAULT_NAMESPACE})",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        help="another Host name to answer for, e.g. behind a proxy; repeatable "
+        "(always: localhost, 127.0.0.1, ::1 and the listening address)",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=_byte_count,
+        default=DEFAULT_MAX_BODY_SIZE,
+        help=f"largest request body in bytes (default {DEFAULT_MAX_BODY_SIZE})",
+    )
     logging.basicConfig(level=logging.WARNING, format="codec server: %(message)s")
     try:
         asyncio.run(main(parser.parse_args()))
     except ConfigError as err:
-        Console(stderr=True).print(f"[red]codec_server: {err}[/]", soft_wrap=True)
+        Console(stderr=True).print(
+            f"codec_server: {err}", style="red", soft_wrap=True, markup=False, highlight=False
+        )
         sys.exit(1)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis.asyncio
+from aiohttp import web
 from playwright.async_api import Page, async_playwright
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -40,14 +42,34 @@ def chromium() -> Path:
     return CHROMIUM
 
 
+@dataclass
+class CodecRequests:
+    """What the browser sent the codec server, and what it answered."""
+
+    codec_url: str = ""
+    seen: list[tuple[str, str, dict[str, str], int]] = field(default_factory=list)
+
+    async def record(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.seen.append((request.method, request.path_qs, dict(request.headers), response.status))
+
+
 @pytest.fixture
-async def ui_client(redis_client: redis.asyncio.Redis) -> AsyncIterator[tuple[Client, str]]:
+def codec_requests() -> CodecRequests:
+    return CodecRequests()
+
+
+@pytest.fixture
+async def ui_client(
+    redis_client: redis.asyncio.Redis, codec_requests: CodecRequests
+) -> AsyncIterator[tuple[Client, str]]:
     """A dev server whose Web UI decodes through a running codec server; yields (client, UI)."""
     converter = make_data_converter(redis_client)
     ui_port = free_port()
     ui_url = f"http://localhost:{ui_port}"
     app = build_app(converter, ui_origins=[ui_url])
+    app.on_response_prepare.append(codec_requests.record)
     async with serve(app, "127.0.0.1", 0) as codec_url:
+        codec_requests.codec_url = codec_url
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=temporal_cli_path(),
             dev_server_log_level="error",
@@ -87,7 +109,7 @@ async def open_fetch_orders_result(page: Page, client: Client, ui_url: str, batc
 
 
 async def test_web_ui_shows_orders_decoded_by_the_codec_server(
-    ui_client: tuple[Client, str], chromium: Path, tmp_path: Path
+    ui_client: tuple[Client, str], chromium: Path, tmp_path: Path, codec_requests: CodecRequests
 ) -> None:
     client, ui_url = ui_client
     # 20 orders compress to a few KiB and stay inline; 5,000 go to Redis as a reference.
@@ -128,3 +150,15 @@ async def test_web_ui_shows_orders_decoded_by_the_codec_server(
     assert f'"order_id": "{first.order_id}"' in orders
     assert f'"email": "{first.customer.email}"' in orders
     assert orders.count('"order_id"') == 5000
+
+    # What the browser really sent: the codec server restricts Origin, Host and Content-Type.
+    sent = {(method, path.split("?")[0]) for method, path, _, _ in codec_requests.seen}
+    assert {("POST", "/decode"), ("POST", "/download")} <= sent
+    for method, path, headers, status in codec_requests.seen:
+        assert status in (200, 204), (method, path, status)
+        assert headers["Origin"] == ui_url
+        assert headers["Host"] == codec_requests.codec_url.removeprefix("http://")
+        if method == "POST":
+            assert headers["Content-Type"] == "application/json"
+            assert headers["X-Namespace"] == "default"
+            assert path.endswith("?preserveStorageRefs=true")
