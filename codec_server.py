@@ -50,6 +50,7 @@ from temporalio.converter import (
     ExternalStorage,
     JSONProtoPayloadConverter,
     PayloadCodec,
+    StorageDriver,
     StorageDriverClaim,
     StorageDriverRetrieveContext,
     StorageDriverSelectContext,
@@ -156,7 +157,7 @@ class PayloadCodecService:
         # Only this driver's claims can be checked against its key layout.
         self._drivers = {
             driver.name(): driver
-            for driver in self._storage.drivers
+            for driver in map(_innermost, self._storage.drivers)
             if isinstance(driver, RedisStorageDriver)
         }
         self._max_answer_bytes = max(
@@ -373,6 +374,13 @@ def check_json_depth(text: bytes, what: str) -> None:
 
 def _payloads_json(payloads: Sequence[Payload]) -> bytes:
     return json.dumps({"payloads": [json_format.MessageToDict(p) for p in payloads]}).encode()
+
+
+def _innermost(driver: StorageDriver) -> StorageDriver:
+    """The driver inside wrappers (metrics, placeholders), which expose it as ``wrapped``."""
+    while isinstance(inner := getattr(driver, "wrapped", None), StorageDriver):
+        driver = inner
+    return driver
 
 
 def _one_line(err: BaseException) -> str:

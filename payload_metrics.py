@@ -43,7 +43,7 @@ class MeteredStorageDriver(StorageDriver):
     """
 
     def __init__(self, driver: StorageDriver, meter: MetricMeter) -> None:
-        self._driver = driver
+        self.wrapped = driver
         meter = meter.with_additional_attributes({"driver": driver.name()})
         self._offloaded = meter.create_counter(
             "payloads_offloaded", "Payloads stored in external storage.", "payloads"
@@ -62,17 +62,17 @@ class MeteredStorageDriver(StorageDriver):
         )
 
     def name(self) -> str:
-        return self._driver.name()
+        return self.wrapped.name()
 
     def type(self) -> str:
-        return self._driver.type()
+        return self.wrapped.type()
 
     async def store(
         self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
     ) -> list[StorageDriverClaim]:
         started = time.monotonic()
         try:
-            claims = await self._driver.store(context, payloads)
+            claims = await self.wrapped.store(context, payloads)
         except BaseException:
             self._record_latency("store", "error", started)
             raise
@@ -86,7 +86,7 @@ class MeteredStorageDriver(StorageDriver):
     ) -> list[Payload]:
         started = time.monotonic()
         try:
-            payloads = await self._driver.retrieve(context, claims)
+            payloads = await self.wrapped.retrieve(context, claims)
         except BaseException:
             self._record_latency("retrieve", "error", started)
             raise

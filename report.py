@@ -29,6 +29,7 @@ from temporalio.exceptions import ApplicationError
 
 from codec import original_size
 from models import BatchSummary
+from placeholders import placeholder_error
 
 REFERENCE_MESSAGE_TYPE = ExternalStorageReference.DESCRIPTOR.full_name.encode()
 HISTORY_READS_AT_ONCE = 8
@@ -216,7 +217,36 @@ async def _stored_original_size(
     except ApplicationError as err:
         problems.append(f"{err.type}: {err}")
         return None
+    if (error := placeholder_error(stored)) is not None:
+        problems.append(f"{error.type}: {error}")
+        return None
     return await original_size(converter.payload_codec, stored)
+
+
+async def unreadable_payloads(
+    events: Sequence[HistoryEvent], converter: DataConverter
+) -> list[ApplicationError]:
+    """Why each stored payload of a history cannot be read back, e.g. before a replay check:
+    replay passes without them (workflows only pass the order lists on), but a page
+    replayed for real would have to fetch its orders again."""
+    storage = converter.external_storage
+    drivers = {driver.name(): driver for driver in storage.drivers} if storage else {}
+    errors = []
+    for _, payload in payloads_by_hop(events, page=True):
+        reference = storage_reference(payload)
+        if reference is None:
+            continue
+        driver = drivers.get(reference.driver_name)
+        if driver is None:
+            errors.append(
+                ApplicationError(f"no driver named {reference.driver_name!r}", type="NoDriver")
+            )
+            continue
+        claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
+        [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
+        if (error := placeholder_error(stored)) is not None:
+            errors.append(error)
+    return errors
 
 
 def summary_table(summary: BatchSummary) -> Table:

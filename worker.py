@@ -17,6 +17,7 @@ import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -68,12 +69,29 @@ def activity_executor() -> ThreadPoolExecutor:
 
 
 class _WrappingFormatter(logging.Formatter):
-    """Wraps log lines to the terminal's width. Plain stdlib: workflow code logs from inside
-    the sandbox, where a third-party handler's lazy imports would fail."""
+    """Wraps log lines to the terminal's width, and shows an exception as its one-line cause
+    instead of a traceback (a failed attempt is expected; Temporal retries it). Plain stdlib:
+    workflow code logs from inside the sandbox, where a third-party handler's lazy imports
+    would fail."""
+
+    def formatException(self, ei: Any) -> str:
+        causes, error = [], ei[1]
+        while error is not None:
+            causes.append(
+                f"{getattr(error, 'type', None) or type(error).__name__}: {one_line(error)}"
+            )
+            error = error.__cause__
+        return "  caused by " + " <- ".join(causes)
 
     def format(self, record: logging.LogRecord) -> str:
         width = shutil.get_terminal_size((80, 24)).columns
-        return textwrap.fill(super().format(record), width=width, subsequent_indent="  ")
+        return textwrap.fill(
+            super().format(record),
+            width=width,
+            subsequent_indent="  ",
+            break_long_words=False,  # keys and ids stay whole, so they can be copied
+            break_on_hyphens=False,
+        )
 
 
 def configure_logging() -> None:

@@ -155,6 +155,8 @@ class ProcessOrderBatchWorkflow:
                 )
                 return result
             except ChildWorkflowError as err:
+                if isinstance(err.cause, CancelledError):
+                    raise  # the batch is being cancelled: it ends cancelled, not failed
                 cause = _root_cause(err)
                 if not _worth_another_run(err) or run == PAGE_RUNS:
                     raise ApplicationError(

@@ -10,27 +10,47 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
-from activities import generate_orders
-from codec import ZSTD_ENCODING, ZstdCodec, make_data_converter
-from models import OrderBatch
+from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec, make_data_converter
+from models import OrderPage
+from sample_data import generate_orders
 
 MIB = 1024 * 1024
 
 
 def _order_payload(count: int = 200) -> Payload:
-    batch = OrderBatch("B-codec", generate_orders("B-codec", count))
-    [payload] = DataConverter.default.payload_converter.to_payloads([batch])
+    page = OrderPage("B-codec", 1, 0, generate_orders("B-codec", 0, count))
+    [payload] = DataConverter.default.payload_converter.to_payloads([page])
     return payload
 
 
 async def test_round_trip_gives_back_the_same_payload_smaller() -> None:
     codec = ZstdCodec()
     original = _order_payload()
+    original.metadata["messageType"] = b"kept as it is"
     [encoded] = await codec.encode([original])
-    assert encoded.metadata["encoding"] == ZSTD_ENCODING
+    assert encoded.metadata["encoding"] == ZSTD_DATA_ENCODING
+    assert encoded.metadata["zstd-inner-encoding"] == b"json/plain"
+    assert encoded.metadata["messageType"] == b"kept as it is"
     assert encoded.ByteSize() < original.ByteSize() / 5
     [decoded] = await codec.decode([encoded])
     assert decoded == original
+    assert ZstdCodec.decoded_size(encoded) == original.ByteSize()  # read from the frame header
+
+
+async def test_payloads_in_the_earlier_format_still_decode() -> None:
+    """The first release compressed the whole serialized payload under binary/zstd."""
+    original = _order_payload()
+    frame = zstandard.ZstdCompressor(level=3).compress(original.SerializeToString())
+    earlier = Payload(metadata={"encoding": ZSTD_ENCODING}, data=frame)
+    assert await ZstdCodec().decode([earlier]) == [original]
+    assert ZstdCodec.decoded_size(earlier) == original.ByteSize()
+
+
+async def test_a_payload_without_an_encoding_round_trips() -> None:
+    original = Payload(data=b"x" * 10_000)
+    [encoded] = await ZstdCodec().encode([original])
+    assert encoded.metadata["encoding"] == ZSTD_DATA_ENCODING
+    assert await ZstdCodec().decode([encoded]) == [original]
 
 
 async def test_output_is_deterministic() -> None:
@@ -101,7 +121,8 @@ async def test_a_frame_declaring_more_than_the_limit_is_refused_before_decompres
         await ZstdCodec(max_decompressed_size=50 * MIB).decode([zstd_payload(frame)])
     assert caught.value.type == "PayloadTooLargeError" and caught.value.non_retryable
     assert caught.value.message == (
-        "A binary/zstd payload declares 1,073,741,824 bytes, over the limit of 52,428,800 bytes."
+        "A zstd-compressed payload declares 1,073,741,824 bytes, "
+        "over the limit of 52,428,800 bytes."
     )
     # ru_maxrss is in KiB: decompressing the frame would have added 1 GiB to the peak.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100 * 1024
@@ -114,13 +135,14 @@ async def test_a_frame_without_a_declared_size_is_refused() -> None:
         await ZstdCodec().decode([zstd_payload(frame)])
     assert caught.value.type == "PayloadTooLargeError" and caught.value.non_retryable
     assert caught.value.message == (
-        "A binary/zstd payload does not declare its size, so it cannot be held to 52,428,800 bytes."
+        "A zstd-compressed payload does not declare its size, "
+        "so it cannot be held to 52,428,800 bytes."
     )
 
 
 async def test_a_payload_exactly_at_the_limit_decodes_and_one_byte_more_does_not() -> None:
     original = _order_payload()
-    size = len(original.SerializeToString(deterministic=True))
+    size = len(original.data)
     [encoded] = await ZstdCodec(max_decompressed_size=size).encode([original])
     assert await ZstdCodec(max_decompressed_size=size).decode([encoded]) == [original]
     with pytest.raises(ApplicationError) as caught:
@@ -144,7 +166,7 @@ async def test_a_frame_that_understates_its_size_is_refused_as_corrupted() -> No
 
 async def test_a_payload_over_the_limit_is_not_compressed() -> None:
     original = _order_payload()
-    size = len(original.SerializeToString(deterministic=True))
+    size = len(original.data)
     # Compressed, it would be written but could never be decompressed again.
     assert await ZstdCodec(max_decompressed_size=size - 1).encode([original]) == [original]
 
@@ -156,7 +178,7 @@ async def test_the_converter_bounds_its_codec_by_max_payload_size() -> None:
     with pytest.raises(ApplicationError) as caught:
         await converter.payload_codec.decode([zstd_payload(bomb(MIB))])
     assert caught.value.message == (
-        "A binary/zstd payload declares 1,048,576 bytes, over the limit of 1,000 bytes."
+        "A zstd-compressed payload declares 1,048,576 bytes, over the limit of 1,000 bytes."
     )
 
 
