@@ -255,9 +255,11 @@ def make_data_converter(
     ) -> StorageDriver | None:
         return None if keep_inline and keep_inline(context, payload) else store_driver
 
-    codec: PayloadCodec = ZstdCodec(max_decompressed_size=max_payload_size)
-    if encryption_keys:
-        codec = CodecChain([codec, AesGcmCodec(encryption_keys)])
+    # Always in the chain: without keys it encrypts nothing, but a payload encrypted elsewhere
+    # then fails at once, naming the key id it needs, instead of failing to decode forever.
+    codec = CodecChain(
+        [ZstdCodec(max_decompressed_size=max_payload_size), AesGcmCodec(encryption_keys)]
+    )
     return dataclasses.replace(
         DataConverter.default,
         payload_converter_class=SamplePayloadConverter,

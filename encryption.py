@@ -83,9 +83,8 @@ class AesGcmCodec(PayloadCodec):
     """
 
     def __init__(self, keys: Sequence[EncryptionKey]) -> None:
-        if not keys:
-            raise ValueError("AesGcmCodec needs at least one key.")
-        self._current = keys[0].key_id
+        # Without keys it encrypts nothing, but still names the key an encrypted payload needs.
+        self._current = keys[0].key_id if keys else None
         self._ciphers: dict[str, tuple[AESGCM, bytes]] = {}
         for key in keys:
             if len(key.secret) != KEY_BYTES:
@@ -96,12 +95,15 @@ class AesGcmCodec(PayloadCodec):
             self._ciphers[key.key_id] = (AESGCM(material[:KEY_BYTES]), material[KEY_BYTES:])
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if self._current is None:
+            return list(payloads)
         return [self._encrypt(payload) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._decrypt(payload) for payload in payloads]
 
     def _encrypt(self, payload: Payload) -> Payload:
+        assert self._current is not None
         cipher, nonce_key = self._ciphers[self._current]
         plaintext = payload.SerializeToString(deterministic=True)
         nonce = hmac.new(nonce_key, plaintext, hashlib.sha256).digest()[:NONCE_BYTES]
@@ -117,8 +119,8 @@ class AesGcmCodec(PayloadCodec):
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         if key_id not in self._ciphers:
             raise ApplicationError(
-                f"A payload was encrypted with key {key_id!r}, which is not in "
-                f"{KEYS_VARIABLE}; add that key back (after the current one) to read it.",
+                f"A payload was encrypted with key {key_id!r}, which is not in this process's "
+                f"{KEYS_VARIABLE}; set it there (after the current key) to read it.",
                 type="PayloadEncryptionKeyUnknown",
                 non_retryable=True,
             )

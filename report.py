@@ -172,9 +172,8 @@ async def payload_report(
             reference = storage_reference(payload)
             if reference is None:
                 hop.stored_bytes += payload.ByteSize()
-                hop.original_bytes = _add(
-                    hop.original_bytes, await _inline_size(converter, payload)
-                )
+                size = await _measured(converter, payload, problems)
+                hop.original_bytes = _add(hop.original_bytes, size)
                 continue
             key = reference.claim_data.get("key", "?")
             hop.redis_keys.append(key)
@@ -184,9 +183,8 @@ async def payload_report(
             hop.original_bytes = _add(hop.original_bytes, originals[key])
     problem = None
     if problems:
-        unread = sum(1 for size in originals.values() if size is None)
         problem = (
-            f"Could not read {unread} of {len(originals)} Redis payloads back to measure them "
+            f"Could not measure {len(problems)} payload{'s' if len(problems) > 1 else ''} "
             f"({problems[0]})."
         )
     return PayloadReport([hop for hop in hops.values() if hop.count], pages, problem)
@@ -196,8 +194,14 @@ def _add(total: int | None, size: int | None) -> int | None:
     return None if total is None or size is None else total + size
 
 
-async def _inline_size(converter: DataConverter, payload: Payload) -> int | None:
-    return await original_size(converter.payload_codec, payload)
+async def _measured(converter: DataConverter, payload: Payload, problems: list[str]) -> int | None:
+    """The size before the codec, or None with the reason in ``problems`` (e.g. a payload
+    encrypted with a key this process does not have)."""
+    try:
+        return await original_size(converter.payload_codec, payload)
+    except ApplicationError as err:
+        problems.append(str(err))
+        return None
 
 
 async def _stored_original_size(
@@ -215,12 +219,12 @@ async def _stored_original_size(
     try:
         [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
     except ApplicationError as err:
-        problems.append(f"{err.type}: {err}")
+        problems.append(str(err))
         return None
     if (error := placeholder_error(stored)) is not None:
-        problems.append(f"{error.type}: {error}")
+        problems.append(str(error))
         return None
-    return await original_size(converter.payload_codec, stored)
+    return await _measured(converter, stored, problems)
 
 
 async def unreadable_payloads(

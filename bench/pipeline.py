@@ -29,7 +29,6 @@ from rich.table import Table
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
 
-from activities import generate_orders
 from bench._common import (
     Machine,
     RedisClient,
@@ -46,8 +45,9 @@ from bench._common import (
 from codec import make_data_converter
 from config import open_redis
 from json_converter import gc_paused
-from models import OrderBatch
+from models import OrderPage
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
+from sample_data import generate_orders
 from starter import DEFAULT_ORDER_COUNT
 
 DEFAULT_ROUNDS = 5
@@ -162,7 +162,7 @@ async def _converter_round(
     converter: DataConverter,
     client: RedisClient,
     key_prefix: str,
-    batch: OrderBatch,
+    batch: OrderPage,
     samples: Samples,
     check: bool,
 ) -> None:
@@ -174,7 +174,7 @@ async def _converter_round(
     samples.redis_bytes, samples.redis_keys = await _stored(client, key_prefix)
     if samples.redis_keys != 1:
         raise RuntimeError(f"{key_prefix}: expected the order list in 1 Redis key.")
-    decode_s, values = await _timed(lambda: converter.decode(payloads, [OrderBatch]))
+    decode_s, values = await _timed(lambda: converter.decode(payloads, [OrderPage]))
     if check and values != [batch]:
         raise RuntimeError(f"{key_prefix}: the order list did not come back unchanged.")
     samples.encode.append(encode_s)
@@ -182,13 +182,13 @@ async def _converter_round(
 
 
 async def _floor_round(
-    client: RedisClient, batch: OrderBatch, stored: bytes, floors: dict[str, Samples]
+    client: RedisClient, batch: OrderPage, stored: bytes, floors: dict[str, Samples]
 ) -> None:
     codecs: dict[str, tuple[Callable[[object], bytes], Callable[[bytes], object]]] = {
-        "msgspec.json": (msgspec.json.encode, lambda b: msgspec.json.decode(b, type=OrderBatch)),
+        "msgspec.json": (msgspec.json.encode, lambda b: msgspec.json.decode(b, type=OrderPage)),
         "msgspec.msgpack": (
             msgspec.msgpack.encode,
-            lambda b: msgspec.msgpack.decode(b, type=OrderBatch),
+            lambda b: msgspec.msgpack.decode(b, type=OrderPage),
         ),
     }
     for name, (encode, decode) in codecs.items():
@@ -215,7 +215,7 @@ async def _floor_round(
 async def measure_size(
     client: RedisClient, orders: int, rounds: int, progress: Callable[[str], None]
 ) -> SizeResult:
-    batch = OrderBatch(f"BENCH-{orders}", generate_orders(f"BENCH-{orders}", orders))
+    batch = OrderPage(f"BENCH-{orders}", 1, 0, generate_orders(f"BENCH-{orders}", 0, orders))
     json_bytes = len(msgspec.json.encode(batch))
     baseline, ours = Samples(), Samples()
     floors = {"msgspec.json": Samples(), "msgspec.msgpack": Samples()}

@@ -110,14 +110,11 @@ async def run_batch(
     wall_seconds = time.monotonic() - started
     order_list_bytes = compressed_bytes = 0
     if failure is None:
-        report = {
-            row.hop: row
-            for row in await payload_report(
-                client.get_workflow_handle(handle.id), client.data_converter
-            )
-        }
-        order_list = report["fetch_orders output"]
-        order_list_bytes, compressed_bytes = order_list.original_bytes, order_list.compressed_bytes
+        run_id = (await handle.describe()).raw_description.workflow_execution_info.first_run_id
+        report = await payload_report(client, handle.id, run_id, client.data_converter)
+        order_list = next(row for row in report.hops if row.hop == "fetch_orders output")
+        order_list_bytes = order_list.original_bytes or 0
+        compressed_bytes = order_list.stored_bytes
     else:
         await handle.terminate("bench.scale: the batch cannot complete")
     keys = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]

@@ -120,7 +120,7 @@ async def wait_until_processing(handle: WorkflowHandle[Any, Any], within: float 
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            pending = (await handle.describe()).raw_description.pending_activities
+            pending = list((await handle.describe()).raw_description.pending_activities)
         except Exception:  # the page may not exist yet
             pending = []
         if pending and pending[0].activity_type.name == "process_orders":

@@ -38,7 +38,6 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter, StorageDriverWorkflowInfo
 from temporalio.testing import WorkflowEnvironment
 
-from activities import generate_orders
 from codec import ZSTD_ENCODING, ZstdCodec, make_data_converter
 from codec_server import (
     DEFAULT_MAX_BODY_SIZE,
@@ -48,9 +47,10 @@ from codec_server import (
     build_app,
     serve,
 )
-from models import TASK_QUEUE, OrderBatch, OrderBatchRequest
+from models import TASK_QUEUE, OrderBatchRequest, OrderPage
 from redis_driver import DEFAULT_KEY_PREFIX, payload_key
 from report import storage_reference
+from sample_data import generate_orders
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port, temporal_cli_path
 from tests.test_end_to_end import start_kept_demo
@@ -82,7 +82,10 @@ async def codec_url(converter: DataConverter) -> AsyncIterator[str]:
 
 def order_values(batch_id: str = "codec") -> list[object]:
     """A small request and a large order list: one stays inline, one goes to Redis."""
-    return [OrderBatchRequest(batch_id, 300), OrderBatch(batch_id, generate_orders(batch_id, 300))]
+    return [
+        OrderBatchRequest(batch_id, 300),
+        OrderPage(batch_id, 1, 0, generate_orders(batch_id, 0, 300)),
+    ]
 
 
 def order_payloads(converter: DataConverter, batch_id: str = "codec") -> list[Payload]:
@@ -607,7 +610,7 @@ async def test_what_the_cli_sends_is_what_the_server_accepts(
         seen.append((request.path_qs, dict(request.headers), response.status))
 
     app.on_response_prepare.append(record)
-    orders = OrderBatch("cli-input", generate_orders("cli-input", 300))
+    orders = OrderPage("cli-input", 1, 0, generate_orders("cli-input", 0, 300))
     (tmp_path / "orders.json").write_bytes(order_payloads(converter, "cli-input")[1].data)
     workflow_id = f"cli-encode-{uuid.uuid4().hex[:8]}"
     address = temporal_env.client.service_client.config.target_host
@@ -687,7 +690,7 @@ async def test_workflow_show_with_codec_endpoint_shows_the_orders(
             id=workflow_id_for(batch_id),
             task_queue=TASK_QUEUE,
         )
-    first = generate_orders(batch_id, 1)[0]
+    first = generate_orders(batch_id, 0, 1)[0]
     show = [temporal_cli_path(), "workflow", "show", "--workflow-id", workflow_id_for(batch_id),
             "--address", client.service_client.config.target_host, "--output", "json"]  # fmt: skip
 

@@ -16,10 +16,10 @@ from temporalio.common import RawValue
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
-from activities import generate_orders
 from codec import ZstdCodec
 from json_converter import MsgspecJSONPlainPayloadConverter, MsgspecPayloadConverter
-from models import BatchSummary, OrderBatch, OrderBatchRequest
+from models import BatchSummary, OrderBatchRequest, OrderPage
+from sample_data import generate_orders
 
 CONVERTER = MsgspecPayloadConverter()
 SDK_DEFAULT = DataConverter.default.payload_converter
@@ -57,13 +57,13 @@ WRITTEN_BEFORE_MSGSPEC = base64.b64decode(
 
 
 def test_order_batch_round_trips_to_the_same_json_bytes_as_the_sdk() -> None:
-    batch = OrderBatch("B-json", generate_orders("B-json", 300))
+    batch = OrderPage("B-json", 1, 0, generate_orders("B-json", 0, 300))
     [ours] = CONVERTER.to_payloads([batch])
     [sdk] = SDK_DEFAULT.to_payloads([batch])
     assert ours.metadata["encoding"] == b"json/plain"
     assert ours.data == sdk.data  # compact, keys sorted: other SDKs, CLI and Web UI read it
-    assert CONVERTER.from_payloads([ours], [OrderBatch]) == [batch]
-    assert SDK_DEFAULT.from_payloads([ours], [OrderBatch]) == [batch]
+    assert CONVERTER.from_payloads([ours], [OrderPage]) == [batch]
+    assert SDK_DEFAULT.from_payloads([ours], [OrderPage]) == [batch]
 
 
 async def test_payload_written_before_msgspec_still_decodes() -> None:
@@ -71,8 +71,8 @@ async def test_payload_written_before_msgspec_still_decodes() -> None:
     stored.ParseFromString(WRITTEN_BEFORE_MSGSPEC)
     assert stored.metadata["encoding"] == b"binary/zstd"
     [json_payload] = await ZstdCodec().decode([stored])
-    [batch] = CONVERTER.from_payloads([json_payload], [OrderBatch])
-    assert batch == OrderBatch("B-fixture", generate_orders("B-fixture", 3))
+    [batch] = CONVERTER.from_payloads([json_payload], [OrderPage])
+    assert batch == OrderPage("B-fixture", 1, 0, generate_orders("B-fixture", 0, 3))
 
 
 async def test_every_value_the_sample_sends_round_trips() -> None:

@@ -17,8 +17,8 @@ from codec import make_data_converter
 from models import OrderBatchRequest
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
+from tests.support import undisturbed_summary
 from tests.test_end_to_end import user_env
-from tests.test_workflow import expected_summary
 
 THRESHOLD = 10_000  # small, so even these small batches go through Redis
 BATCHES = 6
@@ -71,10 +71,7 @@ async def test_two_worker_processes_share_the_batches(
     summaries = await asyncio.gather(*(handle.result() for handle in handles))
     identities: set[str] = set()
     for request, summary in zip(requests, summaries, strict=True):
-        cost, grams = expected_summary(request.batch_id, request.order_count)
-        assert summary.batch_id == request.batch_id
-        assert summary.order_count == request.order_count
-        assert (summary.total_shipping_cost_cents, summary.total_weight_grams) == (cost, grams)
+        assert summary == undisturbed_summary(request)
         handle = client.get_workflow_handle(workflow_id_for(request.batch_id))
         async for event in handle.fetch_history_events():
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:

@@ -27,16 +27,16 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities import generate_orders
 from codec import make_data_converter
 from codec_server import build_app, serve
 from config import ConfigError, load_settings, open_redis
 from encryption import ENCRYPTED_ENCODING, KEY_ID_METADATA, AesGcmCodec, parse_encryption_keys
-from models import TASK_QUEUE, OrderBatch, OrderBatchRequest
+from models import TASK_QUEUE, OrderBatchRequest, OrderPage
 from report import payload_report, payloads_by_hop, storage_reference
+from sample_data import generate_orders
 from starter import run_batch, start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import history, undisturbed_summary
+from tests.support import history, page_handle, undisturbed_summary
 from tests.test_end_to_end import user_env
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
@@ -79,14 +79,15 @@ async def test_hostile_ids_cannot_reach_another_workflows_keys(
                 task_queue=TASK_QUEUE,
             )
             await handle.result()
-            run_id = (await handle.describe()).run_id
+            page = client.get_workflow_handle(f"{workflow_id}-page-1")
+            run_id = (await page.describe()).run_id
             scope = (
-                "temporalio:payloads:v0:ns:default:wt:ProcessOrderBatchWorkflow:"
-                f"wi:{quote(workflow_id, safe='')}:ri:{run_id}:"
+                "temporalio:payloads:v0:ns:default:wt:ProcessOrderPageWorkflow:"
+                f"wi:{quote(page.id, safe='')}:ri:{run_id}:"
             )
             references = [
                 ref
-                for _, p in payloads_by_hop(await history(handle))
+                for _, p in payloads_by_hop(await history(page), page=True)
                 if (ref := storage_reference(p))
             ]
             assert references, f"{workflow_id!r} stored nothing in Redis"
@@ -234,24 +235,25 @@ async def test_encrypted_batch_leaves_no_customer_data_in_redis(
     request = OrderBatchRequest(f"sealed-{uuid.uuid4().hex[:8]}", 5_000)
     async with build_worker(client):
         summary = await (await start_batch(client, request)).result()
-    assert summary == await undisturbed_summary(request)
+    assert summary == undisturbed_summary(request)
 
     [key] = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
     stored_bytes = cast("bytes", await redis_client.get(key))
     stored = Payload.FromString(stored_bytes)
     assert stored.metadata["encoding"] == ENCRYPTED_ENCODING
     assert stored.metadata[KEY_ID_METADATA] == b"2025-11"
-    customers = {order.customer for order in generate_orders(request.batch_id, 5_000)}
+    customers = {order.customer for order in generate_orders(request.batch_id, 0, 5_000)}
     for customer in customers:
         for secret in (customer.name, customer.email, customer.phone, customer.address.street):
             assert secret.encode() not in stored_bytes
     with pytest.raises(zstandard.ZstdError):
         zstandard.ZstdDecompressor().decompress(stored.data)  # not merely compressed
     # History holds no plaintext either: every payload there is encrypted too.
-    handle = client.get_workflow_handle(workflow_id_for(request.batch_id))
-    for hop, payload in payloads_by_hop(await history(handle)):
-        if storage_reference(payload) is None:
-            assert payload.metadata["encoding"] == ENCRYPTED_ENCODING, hop
+    for handle, page in ((client.get_workflow_handle(workflow_id_for(request.batch_id)), False),
+                         (page_handle(client, request), True)):  # fmt: skip
+        for hop, payload in payloads_by_hop(await history(handle), page=page):
+            if storage_reference(payload) is None:
+                assert payload.metadata["encoding"] == ENCRYPTED_ENCODING, hop
 
 
 async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
@@ -271,9 +273,11 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
     await run_with(KEY_1, before)
     rotated = await run_with(f"{KEY_2},{KEY_1}", after)
 
-    old_handle = rotated.get_workflow_handle(workflow_id_for(before))
-    old_report = await payload_report(old_handle, rotated.data_converter)
-    assert [row.hop for row in old_report if row.in_redis] == [
+    old_id = workflow_id_for(before)
+    old_run = (await rotated.get_workflow_handle(old_id).describe()).run_id
+    old_report = await payload_report(rotated, old_id, old_run, rotated.data_converter)
+    assert old_report.problem is None
+    assert [row.hop for row in old_report.hops if row.in_redis] == [
         "fetch_orders output",
         "process_orders input",
     ]
@@ -286,17 +290,27 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
 
     # Once the old key is dropped, its payloads are refused with a clear, non-retryable error.
     new_only = make_data_converter(redis_client, encryption_keys=parse_encryption_keys(KEY_2))
+    assert new_only.payload_codec is not None
+    [stored_old] = [k async for k in redis_client.scan_iter(match=f"*{quote(old_id)}*")]
     with pytest.raises(ApplicationError) as caught:
-        await payload_report(old_handle, new_only)
+        await new_only.payload_codec.decode(
+            [Payload.FromString(cast("bytes", await redis_client.get(stored_old)))]
+        )
     assert caught.value.type == "PayloadEncryptionKeyUnknown" and caught.value.non_retryable
-    assert "'2025-11'" in str(caught.value)
+    assert "'2025-11'" in str(caught.value) and "PAYLOAD_ENCRYPTION_KEYS" in str(caught.value)
+    # The payload report says so in one sentence instead of failing.
+    report = await payload_report(rotated, old_id, old_run, new_only)
+    assert report.problem is not None and "'2025-11'" in report.problem
 
 
 async def test_codec_server_decodes_encrypted_payloads(redis_client: redis.asyncio.Redis) -> None:
     converter = make_data_converter(
         redis_client, payload_size_threshold=8 * 1024, encryption_keys=parse_encryption_keys(KEY_1)
     )
-    values = [OrderBatchRequest("coded", 300), OrderBatch("coded", generate_orders("coded", 300))]
+    values = [
+        OrderBatchRequest("coded", 300),
+        OrderPage("coded", 1, 0, generate_orders("coded", 0, 300)),
+    ]
     originals = converter.payload_converter.to_payloads(values)
     encoded = await converter.encode(values)
     assert storage_reference(encoded[1]) is not None  # the order list went to Redis, encrypted

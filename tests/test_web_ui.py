@@ -18,10 +18,10 @@ from playwright.async_api import Page, async_playwright
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities import generate_orders
 from codec import make_data_converter
 from codec_server import build_app, serve
 from models import TASK_QUEUE, OrderBatchRequest
+from sample_data import generate_orders
 from starter import workflow_id_for
 from tests.conftest import free_port, temporal_cli_path
 from worker import build_worker
@@ -126,7 +126,7 @@ async def test_web_ui_shows_orders_decoded_by_the_codec_server(
             page.set_default_timeout(TIMEOUT_MS)
 
             # Inline and compressed: the page itself shows the decoded order list.
-            first = generate_orders(inline_batch, 1)[0]
+            first = generate_orders(inline_batch, 0, 1)[0]
             await open_fetch_orders_result(page, client, ui_url, inline_batch)
             await page.get_by_text(f'"email": "{first.customer.email}"').first.wait_for()
             await page.get_by_text(f'"customer_id": "{first.customer.customer_id}"').wait_for()
@@ -134,7 +134,7 @@ async def test_web_ui_shows_orders_decoded_by_the_codec_server(
 
             # In Redis: the page shows the reference, and its download button fetches the
             # orders through the codec server's /download.
-            first = generate_orders(stored_batch, 1)[0]
+            first = generate_orders(stored_batch, 0, 1)[0]
             await open_fetch_orders_result(page, client, ui_url, stored_batch)
             await page.get_by_text("payload stored externally").first.wait_for()
             await page.get_by_text(f"wi:{workflow_id_for(stored_batch)}:").first.wait_for()
