@@ -176,6 +176,7 @@ class WorkerProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            start_new_session=True,  # so a kill reaches the worker under `uv run` too
         )
         self.lines: list[str] = []
         self._polling = threading.Event()
@@ -196,24 +197,40 @@ class WorkerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
+    def wait_for_line(self, text: str, within: float = 30) -> str:
+        """The first line of its log that contains ``text``, waiting for it if need be."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"the worker never logged {text!r}: {self.log}")
+
     def stop(self, timeout: float = 60) -> int:
         """Ctrl+C, then wait for it to finish its work and exit."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=timeout)
+            os.killpg(self.process.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.kill()
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL the worker and anything it started, as a crash would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process.wait()
 
 
 def start_worker(
-    address: str, redis_url: str, *, via_uv: bool = False, **env: str
+    address: str, redis_url: str, *args: str, via_uv: bool = False, **env: str
 ) -> WorkerProcess:
-    """`worker.py` as its own process, returned once it polls.
+    """`worker.py [args]` as its own process, returned once it polls.
 
-    ``via_uv`` runs it exactly as the README says; without it the process is Python itself,
-    so a test can SIGKILL the worker and not just uv."""
-    command = ["uv", "run", "worker.py"] if via_uv else [sys.executable, "worker.py"]
+    ``via_uv`` runs it exactly as the README says; without it the process is Python itself."""
+    script = ["worker.py", *args]
+    command = ["uv", "run", *script] if via_uv else [sys.executable, *script]
     return WorkerProcess(command, user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, **env))

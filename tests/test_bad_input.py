@@ -304,7 +304,9 @@ def test_worker_prints_the_warning_at_start_up(
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
     worker = start_worker(address, redis_server.url, COLUMNS="300")
-    worker.stop()
-    polling, warning = worker.lines[:2]
-    assert "Worker polling task queue" in polling
+    try:
+        warning = worker.wait_for_line("warning:")
+    finally:
+        worker.stop()
+    assert worker.lines[0].startswith("Worker polling task queue")
     assert warning.startswith("warning: Redis has no persistence"), warning

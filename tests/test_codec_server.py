@@ -38,7 +38,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter, StorageDriverWorkflowInfo
 from temporalio.testing import WorkflowEnvironment
 
-from codec import ZSTD_ENCODING, ZstdCodec, make_data_converter
+from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec, make_data_converter
 from codec_server import (
     DEFAULT_MAX_BODY_SIZE,
     MARKER_FIELD,
@@ -158,7 +158,7 @@ async def test_encode_then_decode_gives_back_the_payloads(
     assert reference is not None and reference.driver_name == "redis"
     stored = await redis_client.get(reference.claim_data["key"])
     assert isinstance(stored, bytes) and THRESHOLD <= len(stored) < originals[1].ByteSize() / 5
-    assert Payload.FromString(stored).metadata["encoding"] == ZSTD_ENCODING
+    assert Payload.FromString(stored).metadata["encoding"] == ZSTD_DATA_ENCODING
     assert order_list.external_payloads[0].size_bytes == len(stored)
 
     assert await post(http, f"{codec_url}/decode", [request, order_list]) == originals
@@ -661,7 +661,9 @@ async def test_workflow_show_names_a_lost_payload_and_shows_the_rest(
     [key] = [k.decode() async for k in redis_client.scan_iter()]  # the order list, once
     await redis_client.delete(key)
 
-    show = [temporal_cli_path(), "workflow", "show", "--workflow-id", workflow_id_for(batch_id),
+    # The page's history holds the order list (the batch's own history only small values).
+    page_id = workflow_id_for(batch_id) + "-page-1"
+    show = [temporal_cli_path(), "workflow", "show", "--workflow-id", page_id,
             "--address", client.service_client.config.target_host, "--detailed"]  # fmt: skip
     async with serve(build_app(converter), "127.0.0.1", 0) as url:
         # Exit 0: a failed /decode used to make the CLI retry until its deadline and give up.
@@ -691,7 +693,8 @@ async def test_workflow_show_with_codec_endpoint_shows_the_orders(
             task_queue=TASK_QUEUE,
         )
     first = generate_orders(batch_id, 0, 1)[0]
-    show = [temporal_cli_path(), "workflow", "show", "--workflow-id", workflow_id_for(batch_id),
+    page_id = workflow_id_for(batch_id) + "-page-1"  # the page's history holds the order list
+    show = [temporal_cli_path(), "workflow", "show", "--workflow-id", page_id,
             "--address", client.service_client.config.target_host, "--output", "json"]  # fmt: skip
 
     async with serve(build_app(converter), "127.0.0.1", 0) as url:
@@ -860,7 +863,7 @@ async def test_a_decompression_bomb_is_refused_without_the_memory(
     peak_before = script_server.peak_memory_kib()
 
     refused = (
-        "payload unreadable: A binary/zstd payload declares 1,073,741,824 bytes, over the "
+        "payload unreadable: A zstd-compressed payload declares 1,073,741,824 bytes, over the "
         "limit of 52,428,800 bytes."
     )
     inline, fetched = await post(http, f"{script_server.url}/decode", [bomb, in_redis])
@@ -925,7 +928,9 @@ json_values = st.recursive(
 
 def payload_strategy(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     """Payloads in protobuf JSON: inline, zstd (valid, damaged, bombs), and references."""
-    encodings = st.sampled_from([b"json/plain", ZSTD_ENCODING, b"binary/encrypted"])
+    encodings = st.sampled_from(
+        [b"json/plain", ZSTD_ENCODING, ZSTD_DATA_ENCODING, b"binary/encrypted"]
+    )
     inline = st.tuples(
         st.dictionaries(st.sampled_from(["encoding", "messageType", "x"]),
                         encodings | st.binary(max_size=12), max_size=2),
@@ -933,7 +938,7 @@ def payload_strategy(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     )  # fmt: skip
     compress = zstandard.ZstdCompressor().compress
     zstd = st.tuples(
-        st.just({"encoding": ZSTD_ENCODING}),
+        st.sampled_from([{"encoding": ZSTD_ENCODING}, {"encoding": ZSTD_DATA_ENCODING}]),
         st.binary(max_size=300).map(lambda raw: compress(Payload(data=raw).SerializeToString()))
         | st.binary(max_size=300).map(lambda raw: compress(raw)[:-3])
         | st.just(SMALL_BOMB)

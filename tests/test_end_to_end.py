@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,47 +17,20 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import PROJECT_DIR, RedisServer, free_port
+from tests.support import WorkerProcess, start_worker, user_env
 
 REFERENCE_TYPE = "temporal.api.sdk.v1.ExternalStorageReference"
-
-
-def user_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "REDIS_"))}
-    env.update(overrides)
-    return env
-
-
-def start_worker(
-    temporal_env: WorkflowEnvironment, redis_url: str, *, via_uv: bool = False, **env: str
-) -> subprocess.Popen[str]:
-    """`worker.py` as its own process, returned once it polls.
-
-    ``via_uv`` runs it exactly as the README says; without it the process is Python itself,
-    so a test can SIGKILL the worker and not just uv."""
-    address = temporal_env.client.service_client.config.target_host
-    process = subprocess.Popen(
-        ["uv", "run", "worker.py"] if via_uv else [sys.executable, "worker.py"],
-        cwd=PROJECT_DIR,
-        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, **env),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    first_line = process.stderr.readline()
-    assert "Worker polling task queue" in first_line, first_line
-    return process
 
 
 @pytest.fixture
 def worker_process(
     temporal_env: WorkflowEnvironment, redis_server: RedisServer
-) -> Iterator[subprocess.Popen[str]]:
-    process = start_worker(temporal_env, redis_server.url, via_uv=True)
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+) -> Iterator[WorkerProcess]:
+    """`uv run worker.py`, exactly as the README says."""
+    address = temporal_env.client.service_client.config.target_host
+    worker = start_worker(address, redis_server.url, via_uv=True)
+    yield worker
+    worker.kill()
 
 
 def processes_with_marker(marker: str) -> list[str]:
@@ -74,7 +46,7 @@ def processes_with_marker(marker: str) -> list[str]:
 
 
 def test_worker_and_starter_then_workflow_show(
-    worker_process: subprocess.Popen[str],
+    worker_process: WorkerProcess,
     temporal_env: WorkflowEnvironment,
     redis_server: RedisServer,
 ) -> None:
@@ -91,11 +63,15 @@ def test_worker_and_starter_then_workflow_show(
     )
     assert starter.returncode == 0, starter.stderr + starter.stdout
     lines = starter.stdout.strip().splitlines()
-    assert f"Started batch {batch_id} (5,000 orders)" in starter.stdout
+    assert f"Started batch {batch_id} (5,000 orders, pages of 10,000)" in starter.stdout
     assert "Payloads in history" in starter.stdout
     assert starter.stdout.count("Redis, key 1") == 2  # the two order-list hops share a key
-    show_command = lines[-1]
-    assert show_command.startswith(f"temporal workflow show --workflow-id order-batch-{batch_id}")
+    # The last two lines: the batch's history, then its page's, which holds the order list.
+    batch_show, show_command = lines[-2:]
+    assert batch_show.startswith(f"temporal workflow show --workflow-id order-batch-{batch_id}")
+    assert show_command.startswith(
+        f"temporal workflow show --workflow-id order-batch-{batch_id}-page-1 --run-id "
+    )
 
     show = subprocess.run(
         ["uv", "run", *show_command.split(), "--output", "json"],
@@ -120,14 +96,11 @@ def test_worker_and_starter_then_workflow_show(
     assert len(references) == 2, json.dumps(events, indent=1)[:3000]
     for reference in references:
         assert reference["driverName"] == "redis"
-        assert f":wi:order-batch-{batch_id}:" in reference["claimData"]["key"]
+        assert f":wi:order-batch-{batch_id}-page-1:" in reference["claimData"]["key"]
 
-    worker_process.send_signal(signal.SIGINT)
-    code = worker_process.wait(timeout=30)
-    assert worker_process.stderr is not None
-    worker_log = worker_process.stderr.read()
-    assert code == 0, worker_log[-3000:]
-    assert "Worker stopped." in worker_log
+    assert worker_process.stop() == 0, worker_process.log[-3000:]
+    assert "Worker stopped." in worker_process.log
+    assert "Traceback" not in worker_process.log
 
 
 def demo_env() -> tuple[dict[str, str], str]:

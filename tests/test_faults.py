@@ -129,7 +129,7 @@ async def test_killed_worker_mid_page_resumes_and_finished_pages_are_not_redone(
     finished_before = {
         p for p in range(1, 7) if await _page_status(client, request, p) == "COMPLETED"
     }
-    assert finished_before >= {1}, finished_before
+    assert finished_before, "no page had finished before the kill"
     second = start_worker(address_of(temporal_env), redis_server.url)
     try:
         summary = await handle.result()

@@ -18,7 +18,7 @@ from codec import make_data_converter
 from models import TASK_QUEUE, OrderBatchRequest
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
-from tests.test_end_to_end import user_env
+from tests.support import start_worker, user_env
 from workflows import ProcessOrderBatchWorkflow
 
 METRIC_LINE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
@@ -28,28 +28,21 @@ METRIC_LINE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
 def metrics_port(temporal_env: WorkflowEnvironment, redis_server: RedisServer) -> Iterator[int]:
     """A worker process serving metrics on the yielded port."""
     port = free_port()
-    worker = subprocess.Popen(
-        ["uv", "run", "worker.py", "--metrics-port", str(port)],
-        cwd=PROJECT_DIR,
-        env=user_env(
-            TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-            REDIS_URL=redis_server.url,
-            PAYLOAD_SIZE_THRESHOLD="10000",
-            COLUMNS="200",
-        ),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
+    address = temporal_env.client.service_client.config.target_host
+    worker = start_worker(
+        address,
+        redis_server.url,
+        "--metrics-port",
+        str(port),
+        via_uv=True,
+        PAYLOAD_SIZE_THRESHOLD="10000",
+        COLUMNS="200",
     )
     try:
-        assert worker.stderr is not None
-        lines = [worker.stderr.readline(), worker.stderr.readline()]
-        assert "Worker polling task queue" in lines[0], lines
-        assert f"http://localhost:{port}/metrics" in lines[1], lines
+        worker.wait_for_line(f"Prometheus metrics on http://localhost:{port}/metrics")
         yield port
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        worker.stop()
 
 
 def scrape(port: int) -> dict[str, float]:

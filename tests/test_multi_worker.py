@@ -4,7 +4,6 @@ every batch completes with the right summary."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -15,10 +14,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from codec import make_data_converter
 from models import OrderBatchRequest
-from starter import start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import undisturbed_summary
-from tests.test_end_to_end import user_env
+from starter import start_batch
+from tests.conftest import RedisServer, client_with
+from tests.support import WorkerProcess, page_handle, start_worker, undisturbed_summary
 
 THRESHOLD = 10_000  # small, so even these small batches go through Redis
 BATCHES = 6
@@ -27,37 +25,21 @@ BATCHES = 6
 @pytest.fixture
 def two_workers(
     temporal_env: WorkflowEnvironment, redis_server: RedisServer
-) -> Iterator[list[subprocess.Popen[str]]]:
-    env = user_env(
-        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        REDIS_URL=redis_server.url,
-        PAYLOAD_SIZE_THRESHOLD=str(THRESHOLD),
-    )
+) -> Iterator[list[WorkerProcess]]:
+    address = temporal_env.client.service_client.config.target_host
     workers = [
-        subprocess.Popen(
-            ["uv", "run", "worker.py"],
-            cwd=PROJECT_DIR,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
+        start_worker(address, redis_server.url, via_uv=True, PAYLOAD_SIZE_THRESHOLD=str(THRESHOLD))
         for _ in range(2)
     ]
     try:
-        for worker in workers:
-            assert worker.stderr is not None
-            line = worker.stderr.readline()
-            assert "Worker polling task queue" in line, line
         yield workers
     finally:
         for worker in workers:
-            worker.terminate()
-            worker.wait(timeout=30)
+            worker.stop()
 
 
 async def test_two_worker_processes_share_the_batches(
-    two_workers: list[subprocess.Popen[str]],
+    two_workers: list[WorkerProcess],
     temporal_env: WorkflowEnvironment,
     redis_client: redis.asyncio.Redis,
 ) -> None:
@@ -72,8 +54,7 @@ async def test_two_worker_processes_share_the_batches(
     identities: set[str] = set()
     for request, summary in zip(requests, summaries, strict=True):
         assert summary == undisturbed_summary(request)
-        handle = client.get_workflow_handle(workflow_id_for(request.batch_id))
-        async for event in handle.fetch_history_events():
+        async for event in page_handle(client, request).fetch_history_events():
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
                 identities.add(event.activity_task_started_event_attributes.identity)
     # Both processes took tasks (the identity is the worker's pid@host).
@@ -81,4 +62,4 @@ async def test_two_worker_processes_share_the_batches(
     # Every batch's order list is in Redis: one key per batch.
     stored = [k async for k in redis_client.scan_iter(match="temporalio:payloads:*")]
     assert len(stored) == BATCHES
-    assert all(worker.poll() is None for worker in two_workers)
+    assert all(worker.process.poll() is None for worker in two_workers)

@@ -36,8 +36,7 @@ from report import payload_report, payloads_by_hop, storage_reference
 from sample_data import generate_orders
 from starter import run_batch, start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import history, page_handle, undisturbed_summary
-from tests.test_end_to_end import user_env
+from tests.support import history, page_handle, undisturbed_summary, user_env
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 

@@ -100,8 +100,10 @@ async def run_batch(client: Client, order_count: int) -> str:
 
 
 async def open_fetch_orders_result(page: Page, client: Client, ui_url: str, batch_id: str) -> None:
-    """Open the run's event history and expand the event carrying fetch_orders' result."""
-    workflow_id = workflow_id_for(batch_id)
+    """Open the page run's event history and expand the event carrying fetch_orders' result.
+
+    (A one-page batch: its page workflow's history holds the order list.)"""
+    workflow_id = workflow_id_for(batch_id) + "-page-1"
     run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
     await page.goto(f"{ui_url}/namespaces/default/workflows/{workflow_id}/{run_id}/history")
     # Newest first: the last "Activity Task Completed" row is fetch_orders'.
@@ -137,7 +139,7 @@ async def test_web_ui_shows_orders_decoded_by_the_codec_server(
             first = generate_orders(stored_batch, 0, 1)[0]
             await open_fetch_orders_result(page, client, ui_url, stored_batch)
             await page.get_by_text("payload stored externally").first.wait_for()
-            await page.get_by_text(f"wi:{workflow_id_for(stored_batch)}:").first.wait_for()
+            await page.get_by_text(f"wi:{workflow_id_for(stored_batch)}-page-1:").first.wait_for()
             async with page.expect_download() as download_info:
                 await page.get_by_role("button", name="KB").first.click()
             download = await download_info.value
