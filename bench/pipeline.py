@@ -1,7 +1,9 @@
 """One order list through the full DataConverter (convert, compress, store in Redis, and back),
-ours against the S3 seed sample's configuration, on a redis-server of the benchmark's own.
+ours against the S3 seed sample's configuration, on a redis-server of the benchmark's own, for
+two data sets: this sample's orders, and the S3 seed's random-text filler orders (bench/filler.py).
 
-    uv run python -m bench.pipeline [--orders 5000,50000] [--rounds 5] [--json]
+    uv run python -m bench.pipeline [--orders 5000,50000] [--filler-orders 2000,20000]
+                                    [--rounds 5] [--json]
 
 Baseline: the SDK's default JSON converter, gzip at ``gzip.compress``'s default level 9, and
 the same Redis driver. Floor: the fastest msgspec serialization of the same objects (decoded
@@ -23,6 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from rich.table import Table
@@ -42,6 +45,7 @@ from bench._common import (
     redis_server,
     run_main,
 )
+from bench.filler import filler_page
 from codec import make_data_converter
 from config import open_redis
 from json_converter import gc_paused
@@ -51,6 +55,7 @@ from sample_data import generate_orders
 from starter import DEFAULT_ORDER_COUNT
 
 DEFAULT_ROUNDS = 5
+DEFAULT_FILLER_ORDERS = [2_000, 20_000]
 STORE_EVERY_SIZE = 0  # payload_size_threshold: every payload goes to Redis
 
 
@@ -102,6 +107,7 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class SizeResult:
+    data_set: str
     orders: int
     json_bytes: int
     baseline: Pipeline
@@ -162,7 +168,7 @@ async def _converter_round(
     converter: DataConverter,
     client: RedisClient,
     key_prefix: str,
-    batch: OrderPage,
+    batch: Any,
     samples: Samples,
     check: bool,
 ) -> None:
@@ -174,7 +180,7 @@ async def _converter_round(
     samples.redis_bytes, samples.redis_keys = await _stored(client, key_prefix)
     if samples.redis_keys != 1:
         raise RuntimeError(f"{key_prefix}: expected the order list in 1 Redis key.")
-    decode_s, values = await _timed(lambda: converter.decode(payloads, [OrderPage]))
+    decode_s, values = await _timed(lambda: converter.decode(payloads, [type(batch)]))
     if check and values != [batch]:
         raise RuntimeError(f"{key_prefix}: the order list did not come back unchanged.")
     samples.encode.append(encode_s)
@@ -182,14 +188,12 @@ async def _converter_round(
 
 
 async def _floor_round(
-    client: RedisClient, batch: OrderPage, stored: bytes, floors: dict[str, Samples]
+    client: RedisClient, batch: Any, stored: bytes, floors: dict[str, Samples]
 ) -> None:
+    kind = type(batch)
     codecs: dict[str, tuple[Callable[[object], bytes], Callable[[bytes], object]]] = {
-        "msgspec.json": (msgspec.json.encode, lambda b: msgspec.json.decode(b, type=OrderPage)),
-        "msgspec.msgpack": (
-            msgspec.msgpack.encode,
-            lambda b: msgspec.msgpack.decode(b, type=OrderPage),
-        ),
+        "msgspec.json": (msgspec.json.encode, lambda b: msgspec.json.decode(b, type=kind)),
+        "msgspec.msgpack": (msgspec.msgpack.encode, lambda b: msgspec.msgpack.decode(b, type=kind)),
     }
     for name, (encode, decode) in codecs.items():
 
@@ -212,10 +216,18 @@ async def _floor_round(
         floors[name].decode.append(decode_s)
 
 
+def order_list(data_set: str, orders: int) -> Any:
+    """The value one hop carries: this sample's order page, or the seed's filler orders."""
+    batch_id = f"BENCH-{orders}"
+    if data_set == "filler":
+        return filler_page(batch_id, orders)
+    return OrderPage(batch_id, 1, 0, generate_orders(batch_id, 0, orders))
+
+
 async def measure_size(
-    client: RedisClient, orders: int, rounds: int, progress: Callable[[str], None]
+    client: RedisClient, data_set: str, orders: int, rounds: int, progress: Callable[[str], None]
 ) -> SizeResult:
-    batch = OrderPage(f"BENCH-{orders}", 1, 0, generate_orders(f"BENCH-{orders}", 0, orders))
+    batch = order_list(data_set, orders)
     json_bytes = len(msgspec.json.encode(batch))
     baseline, ours = Samples(), Samples()
     floors = {"msgspec.json": Samples(), "msgspec.msgpack": Samples()}
@@ -230,7 +242,7 @@ async def measure_size(
         ),
     }
     for round_number in range(rounds):
-        progress(f"{orders:,} orders: round {round_number + 1} of {rounds}")
+        progress(f"{data_set}, {orders:,} orders: round {round_number + 1} of {rounds}")
         order = ["baseline", "ours", "floor"]
         for name in order if round_number % 2 == 0 else reversed(order):
             if name == "floor":
@@ -248,6 +260,7 @@ async def measure_size(
     )
     base, fast = baseline.pipeline("baseline", json_bytes), ours.pipeline("ours", json_bytes)
     return SizeResult(
+        data_set=data_set,
         orders=orders,
         json_bytes=json_bytes,
         baseline=base,
@@ -270,7 +283,7 @@ def tables(result: PipelineResult) -> list[Table]:
     out = []
     for size in result.sizes:
         table = Table(
-            title=f"{size.orders:,} orders, {mib(size.json_bytes)} of JSON, "
+            title=f"{size.data_set}: {size.orders:,} orders, {mib(size.json_bytes)} of JSON, "
             f"median of {result.rounds} rounds",
             title_justify="left",
             caption=(
@@ -300,7 +313,7 @@ def tables(result: PipelineResult) -> list[Table]:
     return out
 
 
-async def run(sizes: list[int], rounds: int) -> PipelineResult:
+async def run(data_sets: dict[str, list[int]], rounds: int) -> PipelineResult:
     from bench._common import console
 
     with redis_server() as url:
@@ -308,8 +321,11 @@ async def run(sizes: list[int], rounds: int) -> PipelineResult:
         try:
             results = []
             with console.status("pipeline") as status:
-                for orders in sizes:
-                    results.append(await measure_size(client, orders, rounds, status.update))
+                for data_set, sizes in data_sets.items():
+                    for orders in sizes:
+                        results.append(
+                            await measure_size(client, data_set, orders, rounds, status.update)
+                        )
         finally:
             await client.aclose()
     return PipelineResult(machine=machine(), rounds=rounds, sizes=results)
@@ -321,7 +337,14 @@ def main() -> int:
         "--orders",
         type=positive_ints,
         default=[DEFAULT_ORDER_COUNT, 10 * DEFAULT_ORDER_COUNT],
-        help="comma-separated order counts (default: the sample's batch size and 10x that)",
+        help="comma-separated order counts of this sample's orders (default: the sample's "
+        "batch size and 10x that)",
+    )
+    parser.add_argument(
+        "--filler-orders",
+        type=positive_ints,
+        default=DEFAULT_FILLER_ORDERS,
+        help="comma-separated order counts of the S3 seed's filler orders (default 2000,20000)",
     )
     parser.add_argument(
         "--rounds",
@@ -333,7 +356,7 @@ def main() -> int:
     )
     add_json_flag(parser)
     args = parser.parse_args()
-    result = asyncio.run(run(args.orders, args.rounds))
+    result = asyncio.run(run({"orders": args.orders, "filler": args.filler_orders}, args.rounds))
     emit(args.json, result, tables(result))
     return 0
 

@@ -1,35 +1,36 @@
-"""End-to-end batches of growing size on a dev server and a redis-server of the benchmark's own,
-with `worker.py` in a process of its own (a fresh one per batch, so its peak RSS is that
-batch's), and the largest batch that still completes with External Storage off.
+"""Paged batches of growing size end to end, as a user runs them: `starter.py` and `worker.py`
+as processes of their own (a fresh worker per batch, so its peak RSS is that batch's), on a
+dev server and a redis-server of the benchmark's own.
 
-    uv run python -m bench.scale [--orders 1000,10000,50000] [--off-max 50000] [--json]
+    uv run python -m bench.scale [--orders 10000,100000,1000000] [--page-size 10000] [--json]
 
-"Off" is the same worker with PAYLOAD_SIZE_THRESHOLD above any payload, so the compressed
-order list stays inline in history until the service's 2 MB payload limit rejects it.
+For each batch: its wall time (first run's start to last run's close, from history), the
+worker's and the starter's peak RSS, the slowest workflow task of the batch and its pages,
+and the order lists' JSON and compressed size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client
 
 from bench._common import (
+    PROJECT_DIR,
     Machine,
-    RedisClient,
     add_json_flag,
     emit,
     machine,
     machine_line,
-    mib,
     positive_int,
     positive_ints,
     redis_server,
@@ -38,226 +39,169 @@ from bench._common import (
     worker_process,
 )
 from codec import make_data_converter
-from config import ConfigError, open_redis
-from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
-from report import payload_report
-from workflows import ProcessOrderBatchWorkflow
+from config import ConfigError, connect_temporal, open_redis
+from models import DEFAULT_PAGE_SIZE
+from report import batch_histories, payload_report
+from starter import workflow_id_for
 
-STORAGE_OFF = {"PAYLOAD_SIZE_THRESHOLD": str(2**62)}
-OFF_STEP = 1_000  # the search for the largest inline batch stops at this resolution
-BATCH_TIMEOUT_SECONDS = 600.0
+DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
 
 
 @dataclass(frozen=True)
-class BatchRun:
+class ScaleRun:
     orders: int
-    external_storage: bool
-    completed: bool
+    pages: int
     wall_seconds: float
     worker_peak_rss_bytes: int
-    order_list_bytes: int
-    compressed_bytes: int
-    redis_bytes: int
-    redis_keys: int
-    failure: str | None
+    starter_peak_rss_bytes: int
+    slowest_workflow_task_ms: float
+    order_list_json_bytes: int
+    order_list_stored_bytes: int
 
 
 @dataclass(frozen=True)
 class ScaleResult:
     machine: Machine
-    runs: list[BatchRun]
-    time_ratio_largest_over_previous: float | None
-    largest_inline_orders: int
-    first_failing_inline_orders: int | None
-    first_failing_inline_error: str | None
-    largest_with_storage_orders: int
+    page_size: int
+    runs: list[ScaleRun]
+    largest_over_previous_time: float | None
+    largest_over_previous_orders: float | None
 
 
-async def _wait(handle: WorkflowHandle[Any, BatchSummary]) -> str | None:
-    """Wait for the batch; None when it completes, else why it cannot (a retried task)."""
-    deadline = time.monotonic() + BATCH_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        description = await handle.describe()
-        if description.status == WorkflowExecutionStatus.COMPLETED:
-            await handle.result()
-            return None
-        if description.status != WorkflowExecutionStatus.RUNNING:
-            return f"workflow {description.status.name.lower() if description.status else '?'}"
-        raw = description.raw_description
-        for activity in raw.pending_activities:
-            if activity.attempt > 1:
-                return " ".join(activity.last_failure.message.split())[:200]
-        if raw.pending_workflow_task.attempt > 1:
-            return "workflow task failed and is being retried"
-        await asyncio.sleep(0.2)
-    return f"not done after {BATCH_TIMEOUT_SECONDS:.0f}s"
+def run_starter(temporal_address: str, redis_url: str, args: list[str]) -> int:
+    """Run `starter.py` to the end; return its peak RSS in bytes."""
+    env = os.environ | {"TEMPORAL_ADDRESS": temporal_address, "REDIS_URL": redis_url}
+    process = subprocess.Popen(
+        [sys.executable, "starter.py", *args],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        raise ConfigError(f"The starter failed: {' '.join(stderr.split())[-300:]}")
+    return usage.ru_maxrss * 1024  # Linux reports KiB
 
 
-async def run_batch(
-    client: Client, redis_client: RedisClient, orders: int, external_storage: bool
-) -> BatchRun:
-    """One batch on the running worker, from a flushed Redis."""
-    await redis_client.flushdb()
+def slowest_workflow_task_ms(histories: list[list[HistoryEvent]]) -> float:
+    """The longest time from a workflow task's start to its completion, in milliseconds."""
+    slowest = 0.0
+    for events in histories:
+        started = {
+            e.event_id: e.event_time.ToDatetime()
+            for e in events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+        }
+        for event in events:
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                attrs = event.workflow_task_completed_event_attributes
+                took = event.event_time.ToDatetime() - started[attrs.started_event_id]
+                slowest = max(slowest, took.total_seconds() * 1000)
+    return round(slowest, 1)
+
+
+async def measure(
+    client: Client, temporal_address: str, redis_url: str, orders: int, page_size: int
+) -> ScaleRun:
     batch_id = f"SCALE-{orders}-{uuid.uuid4().hex[:6]}"
-    started = time.monotonic()
-    handle = await client.start_workflow(
-        ProcessOrderBatchWorkflow.run,
-        OrderBatchRequest(batch_id, orders),
-        id=f"order-batch-{batch_id}",
-        task_queue=TASK_QUEUE,
-    )
-    failure = await _wait(handle)
-    wall_seconds = time.monotonic() - started
-    order_list_bytes = compressed_bytes = 0
-    if failure is None:
-        run_id = (await handle.describe()).raw_description.workflow_execution_info.first_run_id
-        report = await payload_report(client, handle.id, run_id, client.data_converter)
-        order_list = next(row for row in report.hops if row.hop == "fetch_orders output")
-        order_list_bytes = order_list.original_bytes or 0
-        compressed_bytes = order_list.stored_bytes
-    else:
-        await handle.terminate("bench.scale: the batch cannot complete")
-    keys = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
-    redis_bytes = sum([await redis_client.strlen(key) for key in keys])
-    return BatchRun(
+    args = ["--orders", str(orders), "--page-size", str(page_size), "--batch-id", batch_id]
+    with worker_process(temporal_address, redis_url) as worker:
+        starter_rss = await asyncio.to_thread(run_starter, temporal_address, redis_url, args)
+        worker_rss = worker.peak_rss_bytes()
+    workflow_id = workflow_id_for(batch_id)
+    description = await client.get_workflow_handle(workflow_id).describe()
+    first_run = description.raw_description.workflow_execution_info.first_run_id
+    runs, pages = await batch_histories(client, workflow_id, first_run)
+    page_runs = []
+    for page_id, run_id in pages:
+        handle = client.get_workflow_handle(page_id, run_id=run_id)
+        page_runs.append([event async for event in handle.fetch_history_events()])
+    began, ended = runs[0][0].event_time.ToDatetime(), runs[-1][-1].event_time.ToDatetime()
+    report = await payload_report(client, workflow_id, first_run, client.data_converter)
+    order_lists = next(hop for hop in report.hops if hop.hop == "fetch_orders output")
+    return ScaleRun(
         orders=orders,
-        external_storage=external_storage,
-        completed=failure is None,
-        wall_seconds=round(wall_seconds, 2),
-        worker_peak_rss_bytes=0,
-        order_list_bytes=order_list_bytes,
-        compressed_bytes=compressed_bytes,
-        redis_bytes=redis_bytes,
-        redis_keys=len(keys),
-        failure=failure,
+        pages=len(pages),
+        wall_seconds=round((ended - began).total_seconds(), 2),
+        worker_peak_rss_bytes=worker_rss,
+        starter_peak_rss_bytes=starter_rss,
+        slowest_workflow_task_ms=slowest_workflow_task_ms(runs + page_runs),
+        order_list_json_bytes=order_lists.original_bytes or 0,
+        order_list_stored_bytes=order_lists.stored_bytes,
     )
 
 
-async def _largest_inline(
-    client: Client, redis_client: RedisClient, off_max: int, progress: Callable[[str], None]
-) -> tuple[BatchRun | None, BatchRun | None]:
-    """The largest batch that completes with External Storage off, and the smallest that
-    fails: doubling up to the first failure, then halving the gap down to OFF_STEP orders."""
-    largest_ok: BatchRun | None = None
-    smallest_failed: BatchRun | None = None
-    candidate = min(8 * OFF_STEP, off_max)
-    while True:
-        progress(f"{candidate:,} orders with External Storage off")
-        batch = await run_batch(client, redis_client, candidate, False)
-        if batch.completed:
-            largest_ok = batch
-        else:
-            smallest_failed = batch
-        ok = largest_ok.orders if largest_ok else 0
-        if smallest_failed is None:
-            if candidate >= off_max:
-                return largest_ok, None
-            candidate = min(candidate * 2, off_max)
-            continue
-        if smallest_failed.orders - ok <= OFF_STEP:
-            return largest_ok, smallest_failed
-        candidate = max(ok + OFF_STEP, (ok + smallest_failed.orders) // 2 // OFF_STEP * OFF_STEP)
+async def run(sizes: list[int], page_size: int) -> ScaleResult:
+    from bench._common import console
 
-
-async def run(sizes: list[int], off_max: int, progress: Callable[[str], None]) -> ScaleResult:
+    results = []
     with redis_server() as redis_url, temporal_dev_server() as address:
         redis_client = await open_redis(redis_url)
         try:
-            client = await Client.connect(address, data_converter=make_data_converter(redis_client))
-            runs = []
-            for orders in sizes:
-                progress(f"{orders:,} orders with External Storage on")
-                with worker_process(address, redis_url) as worker:
-                    batch = await run_batch(client, redis_client, orders, True)
-                    runs.append(_with_rss(batch, worker.peak_rss_bytes()))
-            if not all(run.completed for run in runs):
-                failed = next(run for run in runs if not run.completed)
-                raise ConfigError(f"{failed.orders:,} orders did not complete: {failed.failure}")
-            with worker_process(address, redis_url, **STORAGE_OFF):
-                inline_ok, inline_fail = await _largest_inline(
-                    client, redis_client, off_max, progress
-                )
-            runs += [run for run in (inline_ok, inline_fail) if run is not None]
+            client = await connect_temporal(make_data_converter(redis_client), address=address)
+            with console.status("scale") as status:
+                for orders in sizes:
+                    status.update(f"{orders:,} orders in pages of {page_size:,}")
+                    await redis_client.flushdb()
+                    results.append(await measure(client, address, redis_url, orders, page_size))
         finally:
             await redis_client.aclose()
-    on_runs = [run for run in runs if run.external_storage]
-    ratio = None
-    if len(on_runs) >= 2:
-        ratio = round(on_runs[-1].wall_seconds / on_runs[-2].wall_seconds, 2)
-    return ScaleResult(
-        machine=machine(),
-        runs=runs,
-        time_ratio_largest_over_previous=ratio,
-        largest_inline_orders=inline_ok.orders if inline_ok else 0,
-        first_failing_inline_orders=inline_fail.orders if inline_fail else None,
-        first_failing_inline_error=inline_fail.failure if inline_fail else None,
-        largest_with_storage_orders=max(run.orders for run in on_runs),
-    )
+    time_ratio = orders_ratio = None
+    if len(results) >= 2:
+        time_ratio = round(results[-1].wall_seconds / results[-2].wall_seconds, 2)
+        orders_ratio = round(results[-1].orders / results[-2].orders, 2)
+    return ScaleResult(machine(), page_size, results, time_ratio, orders_ratio)
 
 
-def _with_rss(batch: BatchRun, rss: int) -> BatchRun:
-    return replace(batch, worker_peak_rss_bytes=rss)
-
-
-def tables(result: ScaleResult) -> list[Table]:
-    runs = Table(title=f"End-to-end batches ({machine_line(result.machine)})", title_justify="left")
-    for column in ("orders", "External Storage", "result", "wall time", "worker peak RSS",
-                   "order list JSON", "compressed", "bytes in Redis", "Redis keys"):  # fmt: skip
-        runs.add_column(column, justify="right")
-    for run in result.runs:
-        runs.add_row(
-            f"{run.orders:,}",
-            "on" if run.external_storage else "off",
-            "completed" if run.completed else "[red]failed[/]",
-            f"{run.wall_seconds:.2f} s",
-            mib(run.worker_peak_rss_bytes) if run.external_storage else "-",
-            mib(run.order_list_bytes) if run.completed else "-",
-            mib(run.compressed_bytes) if run.completed else "-",
-            f"{run.redis_bytes:,}",
-            str(run.redis_keys),
+def table(result: ScaleResult) -> Table:
+    caption = machine_line(result.machine)
+    if result.largest_over_previous_time is not None:
+        caption = (
+            f"largest/previous batch: {result.largest_over_previous_orders}x the orders in "
+            f"{result.largest_over_previous_time}x the time\n{caption}"
         )
-    limits = Table(title="Largest batch that completes", title_justify="left")
-    limits.add_column("External Storage")
-    limits.add_column("orders", justify="right")
-    limits.add_column("what stops it")
-    failed = result.first_failing_inline_orders
-    limits.add_row(
-        "off",
-        f"{result.largest_inline_orders:,}",
-        f"{failed:,} orders: {result.first_failing_inline_error}" if failed else "-",
+    out = Table(
+        title=f"Paged batches, pages of {result.page_size:,}",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
     )
-    limits.add_row("on", f"{result.largest_with_storage_orders:,}", "not reached")
-    if result.time_ratio_largest_over_previous is not None:
-        on_runs = [run for run in result.runs if run.external_storage]
-        runs.caption = (
-            f"{on_runs[-1].orders:,} orders took {result.time_ratio_largest_over_previous}x "
-            f"the time of {on_runs[-2].orders:,}"
+    for column in ("orders", "wall s", "worker MiB", "starter MiB", "slowest task",
+                   "JSON MiB", "stored MiB"):  # fmt: skip
+        out.add_column(column, justify="right")
+    for run_ in result.runs:
+        out.add_row(
+            f"{run_.orders:,}",
+            f"{run_.wall_seconds:,.1f}",
+            f"{run_.worker_peak_rss_bytes / 2**20:,.0f}",
+            f"{run_.starter_peak_rss_bytes / 2**20:,.0f}",
+            f"{run_.slowest_workflow_task_ms:,.0f} ms",
+            f"{run_.order_list_json_bytes / 2**20:,.1f}",
+            f"{run_.order_list_stored_bytes / 2**20:,.1f}",
         )
-        runs.caption_justify = "left"
-    return [runs, limits]
+    return out
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--orders",
         type=positive_ints,
-        default=[1_000, 10_000, 50_000],
-        help="comma-separated batch sizes, run with External Storage on (default 1000,10000,50000)",
+        default=DEFAULT_SIZES,
+        help="comma-separated batch sizes (default 10000,100000,1000000)",
     )
     parser.add_argument(
-        "--off-max",
+        "--page-size",
         type=positive_int,
-        default=50_000,
-        help="largest batch to try with External Storage off (default 50000)",
+        default=DEFAULT_PAGE_SIZE,
+        help=f"orders per page (default {DEFAULT_PAGE_SIZE:,})",
     )
     add_json_flag(parser)
     args = parser.parse_args()
-    from bench._common import console
-
-    with console.status("scale") as status:
-        result = asyncio.run(run(args.orders, args.off_max, status.update))
-    emit(args.json, result, tables(result))
+    result = asyncio.run(run(args.orders, args.page_size))
+    emit(args.json, result, [table(result)])
     return 0
 
 

@@ -27,28 +27,51 @@ def bench_json(*args: str) -> Any:
     return json.loads(finished.stdout)
 
 
-def test_pipeline_compares_baseline_ours_and_floor() -> None:
-    result = bench_json("bench.pipeline", "--orders", "300", "--rounds", "1")
-    [size] = result["sizes"]
-    assert size["orders"] == 300 and size["json_bytes"] > 300 * 500
-    assert [size[n]["name"] for n in ("baseline", "ours", "floor")] == ["baseline", "ours", "floor"]
-    assert size["baseline"]["redis_keys"] == size["ours"]["redis_keys"] == 1
-    assert 0 < size["ours"]["redis_bytes"] <= size["baseline"]["redis_bytes"]
-    assert size["floor_serializer"] in ("msgspec.json", "msgspec.msgpack")
+def test_pipeline_compares_baseline_ours_and_floor_on_both_data_sets() -> None:
+    result = bench_json(
+        "bench.pipeline", "--orders", "300", "--filler-orders", "100", "--rounds", "1"
+    )
+    ours, filler = result["sizes"]
+    assert (ours["data_set"], ours["orders"]) == ("orders", 300)
+    assert (filler["data_set"], filler["orders"]) == ("filler", 100)
+    assert ours["json_bytes"] > 300 * 500 and filler["json_bytes"] > 100 * 2_500
+    for size in (ours, filler):
+        assert [size[n]["name"] for n in ("baseline", "ours", "floor")] == [
+            "baseline",
+            "ours",
+            "floor",
+        ]
+        assert size["baseline"]["redis_keys"] == size["ours"]["redis_keys"] == 1
+        assert 0 < size["ours"]["redis_bytes"] <= size["baseline"]["redis_bytes"] * 1.02
+        assert size["floor_serializer"] in ("msgspec.json", "msgspec.msgpack")
     assert result["machine"]["cpus"] >= 1
 
 
-def test_scale_stores_each_large_order_list_once() -> None:
-    result = bench_json("bench.scale", "--orders", "500,8000", "--off-max", "1000")
-    small, large, inline = result["runs"]
-    assert [run["completed"] for run in result["runs"]] == [True, True, True]
-    assert (small["redis_keys"], large["redis_keys"]) == (0, 1)
-    # fetch_orders' output and process_orders' input are the same bytes: one key holds them.
-    assert large["redis_bytes"] == large["compressed_bytes"]
-    assert large["worker_peak_rss_bytes"] > large["compressed_bytes"]
-    assert inline == {**inline, "orders": 1000, "external_storage": False, "redis_keys": 0}
-    assert result["largest_inline_orders"] == 1000
-    assert result["first_failing_inline_orders"] is None
+def test_scale_runs_paged_batches_as_a_user_does() -> None:
+    result = bench_json("bench.scale", "--orders", "300,1200", "--page-size", "500")
+    small, large = result["runs"]
+    assert (small["orders"], small["pages"]) == (300, 1)
+    assert (large["orders"], large["pages"]) == (1200, 3)
+    for run in (small, large):
+        assert run["worker_peak_rss_bytes"] > 50 * 2**20  # a real Python process was measured
+        assert run["starter_peak_rss_bytes"] > 30 * 2**20
+        assert 0 < run["slowest_workflow_task_ms"] < run["wall_seconds"] * 1000
+        assert run["order_list_json_bytes"] > 5 * run["order_list_stored_bytes"] > 0
+    assert result["largest_over_previous_orders"] == 4.0
+
+
+def test_latency_measures_a_small_batch_idle_and_loaded() -> None:
+    result = bench_json("bench.latency", "--small", "20", "--large", "40000", "--samples", "1")
+    assert len(result["idle_seconds"]) == len(result["loaded_seconds"]) == 1
+    assert result["loaded_over_idle"] > 0
+
+
+def test_scale_out_runs_one_batch_on_one_and_two_workers() -> None:
+    result = bench_json("bench.scale_out", "--orders", "3000")
+    assert result["one_worker_seconds"] > 0 and result["two_workers_seconds"] > 0
+    assert result["speedup"] == round(
+        result["one_worker_seconds"] / result["two_workers_seconds"], 2
+    )
 
 
 def test_concurrency_completes_every_batch() -> None:
