@@ -23,8 +23,9 @@ from typing import Any, TypeAlias
 import redis.asyncio
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from config import ConfigError
+from config import ConfigError, one_line
 from demo import background, free_port, temporal_cli_path
 
 # What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
@@ -102,10 +103,13 @@ def run_main(main: Any) -> int:
         code: int = main()
         return code
     except ConfigError as err:
-        console.print(f"[red]bench: {err}[/]")
+        console.print(Text(f"bench: {err}", "red"))
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # still one sentence: what failed, never a traceback
+        console.print(Text(f"bench: stopped by {type(err).__name__}: {one_line(err)}", "red"))
+        return 1
 
 
 @contextlib.contextmanager

