@@ -1,7 +1,11 @@
 """Activities: fetch one page of a batch's orders, then price the shipping of every order.
 
-Both are plain ``def`` functions, run by the worker on a thread pool: their CPU-bound work
-never blocks the worker's event loop, so heartbeats, polling and other batches carry on.
+Both are plain ``def`` functions, run by the worker on a thread pool, so their CPU-bound work
+never blocks the worker's event loop, where heartbeats, polling and other batches run. For the
+same reason they convert the order list (an ``OrderPage``) to and from its JSON payload
+themselves, in their thread: the SDK then only compresses, stores and fetches bytes on the
+event loop. A page lost from Redis reaches ``process_orders`` as a placeholder whose decoding
+raises the non-retryable ``PayloadNotFoundError``, so the batch fetches the page again at once.
 Neighbours: models.py, sample_data.py (the order source), json_converter.py (``gc_paused``).
 """
 
@@ -14,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from temporalio import activity
+from temporalio.common import RawValue
 
 from json_converter import gc_paused
 from models import Order, OrderPage, OrderPageRequest, PageSummary
@@ -46,8 +51,9 @@ def shipping_quote(order: Order) -> tuple[int, int, int]:
 
 
 @activity.defn
-def fetch_orders(page: OrderPageRequest) -> OrderPage:
-    """Load one page of the batch's orders. A real service would query its order database."""
+def fetch_orders(page: OrderPageRequest) -> RawValue:
+    """Load one page of the batch's orders, as an ``OrderPage`` payload. A real service would
+    query its order database here."""
     activity.logger.info(
         "Fetching page %d of %d of batch %r: %d orders",
         page.page,
@@ -58,16 +64,20 @@ def fetch_orders(page: OrderPageRequest) -> OrderPage:
     # No reference cycles here, so the cycle collector would only rescan the growing list.
     with gc_paused():
         orders = generate_orders(page.batch_id, page.first_order, page.order_count)
-    return OrderPage(page.batch_id, page.page, page.first_order, orders)
+    order_page = OrderPage(page.batch_id, page.page, page.first_order, orders)
+    return RawValue(activity.payload_converter().to_payload(order_page))
 
 
 @activity.defn
-def process_orders(page: OrderPage) -> PageSummary:
-    """Price the shipping of every order and add up the page, heartbeating as it goes.
+def process_orders(orders: RawValue) -> PageSummary:
+    """Price the shipping of every order of an ``OrderPage`` payload and add up the page,
+    heartbeating as it goes.
 
     A retry resumes after the last heartbeat: pricing is a pure function of the orders, and
     a retry gets the very same orders, so the totals so far still hold.
     """
+    with gc_paused():
+        page = activity.payload_converter().from_payload(orders.payload, OrderPage)
     done, totals = _resumed()
     cost_cents, grams, days = (
         totals.total_shipping_cost_cents,

@@ -43,6 +43,7 @@ console = Console(stderr=True)
 # Activities are CPU-bound: a few threads keep both cores busy and leave room for small
 # batches next to a big one; more would only queue on Python's GIL.
 ACTIVITY_THREADS = max(4, 2 * (os.cpu_count() or 1))
+GIL_SWITCH_INTERVAL_SECONDS = 0.001
 # On Ctrl+C, running activities get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
@@ -165,6 +166,10 @@ if __name__ == "__main__":
     )
     port = arg_parser.parse_args().metrics_port
     configure_logging()
+    # Activity threads hold the GIL for up to this long before the event loop gets it back:
+    # 1 ms instead of 5 keeps polling, heartbeats and small batches quick next to big pages
+    # (bench.latency: 2.5x a small batch's idle time instead of 3.6x; same throughput).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     try:
         asyncio.run(main(port))
     except ConfigError as err:

@@ -40,17 +40,13 @@ PAGES_PER_RUN = 100
 # Runs of one page (fetch, then process) before the batch gives up on it.
 PAGE_RUNS = 3
 
-# fetch_orders can always be retried: Redis or a worker can go away for a while.
-FETCH_RETRY_POLICY = RetryPolicy(
+# Redis or a worker can go away for a while: retry with backoff rather than fail the page.
+# A lost order list fails process_orders at once (non-retryable PayloadNotFoundError).
+ACTIVITY_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=20,
-)
-# process_orders cannot fix its own input: the SDK reports an input lost from Redis as a
-# retryable "Failed decoding arguments". After 3 attempts the page runs again from the fetch.
-PROCESS_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_attempts=3
 )
 
 
@@ -60,7 +56,9 @@ class ProcessOrderPageWorkflow:
 
     The order list is the only large value. The workflow never looks inside it, so it keeps
     it as a ``RawValue``: the list is not decoded in the sandbox, and ``process_orders`` gets
-    the exact bytes that ``fetch_orders`` returned (one Redis key for both hops).
+    the exact bytes that ``fetch_orders`` returned (one Redis key for both hops). If the list
+    is lost from Redis, the SDK hands over a placeholder instead (placeholders.py), so this
+    workflow replays as it ran, and process_orders fails with ``PayloadNotFoundError``.
     """
 
     @workflow.run
@@ -70,7 +68,7 @@ class ProcessOrderPageWorkflow:
             page,
             result_type=RawValue,
             start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=FETCH_RETRY_POLICY,
+            retry_policy=ACTIVITY_RETRY_POLICY,
         )
         summary: PageSummary = await workflow.execute_activity(
             "process_orders",
@@ -80,7 +78,7 @@ class ProcessOrderPageWorkflow:
             # A lost worker is noticed within 10 s; a cancel completes only once the activity
             # has stopped, so "cancelled" means no order is still being priced.
             heartbeat_timeout=timedelta(seconds=10),
-            retry_policy=PROCESS_RETRY_POLICY,
+            retry_policy=ACTIVITY_RETRY_POLICY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return summary

@@ -17,10 +17,12 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import RawValue
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities import fetch_orders, process_orders
+from codec import SamplePayloadConverter
 from models import BatchSummary, OrderBatchRequest, OrderPage, PageSummary
 from sample_data import generate_orders
 from starter import DEFAULT_ORDER_COUNT, start_batch, workflow_id_for
@@ -34,12 +36,36 @@ WORKFLOW_TASK_FAILED = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
 CHILD_FAILED = EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED
 
 
+CONVERTER = SamplePayloadConverter()
+
+
+def activity_env() -> ActivityEnvironment:
+    """An activity environment whose payload converter is the sample's."""
+    env = ActivityEnvironment()
+    env.payload_converter = CONVERTER
+    return env
+
+
+def as_payload(page: OrderPage) -> RawValue:
+    """An order page as the activities pass it: its JSON payload."""
+    return RawValue(CONVERTER.to_payload(page))
+
+
+def from_payload(value: RawValue) -> OrderPage:
+    page: OrderPage = CONVERTER.from_payload(value.payload, OrderPage)
+    return page
+
+
+def price(page: OrderPage) -> PageSummary:
+    """process_orders on one page."""
+    summary: PageSummary = activity_env().run(process_orders, as_payload(page))
+    return summary
+
+
 def undisturbed_summary(request: OrderBatchRequest) -> BatchSummary:
     """What the batch returns when nothing goes wrong: every order priced in one go."""
     orders = generate_orders(request.batch_id, 0, request.order_count)
-    total: PageSummary = ActivityEnvironment().run(
-        process_orders, OrderPage(request.batch_id, 1, 0, orders)
-    )
+    total = price(OrderPage(request.batch_id, 1, 0, orders))
     return BatchSummary(
         batch_id=request.batch_id,
         order_count=total.order_count,

@@ -5,7 +5,8 @@ import zlib
 from dataclasses import asdict, replace
 
 import pytest
-from temporalio.testing import ActivityEnvironment
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 
 import activities
 from activities import (
@@ -16,7 +17,9 @@ from activities import (
     shipping_quote,
 )
 from models import Address, Customer, LineItem, Order, OrderPage, OrderPageRequest, PageSummary
+from placeholders import placeholder
 from sample_data import CATALOG, STATES, generate_orders
+from tests.support import activity_env, as_payload, from_payload, price
 
 
 def _order(state: str, *items: tuple[int, int]) -> Order:
@@ -39,11 +42,11 @@ def page_request(batch_id: str, first: int, count: int) -> OrderPageRequest:
 
 
 async def test_fetch_orders_is_deterministic_byte_for_byte() -> None:
-    env = ActivityEnvironment()
-    first = env.run(fetch_orders, page_request("B-42", 0, 300))
-    second = env.run(fetch_orders, page_request("B-42", 0, 300))
+    env = activity_env()
+    first = from_payload(env.run(fetch_orders, page_request("B-42", 0, 300)))
+    second = from_payload(env.run(fetch_orders, page_request("B-42", 0, 300)))
     assert json.dumps(asdict(first)) == json.dumps(asdict(second))
-    other = env.run(fetch_orders, page_request("B-43", 0, 300))
+    other = from_payload(env.run(fetch_orders, page_request("B-43", 0, 300)))
     assert asdict(other) != asdict(first)
     assert first.batch_id == "B-42"
     assert [o.order_id for o in first.orders][:2] == ["B-42-0000001", "B-42-0000002"]
@@ -53,7 +56,7 @@ async def test_a_page_holds_the_same_orders_as_the_whole_list_at_its_positions()
     whole = generate_orders("B-7", 0, 1_000)
     pages = [generate_orders("B-7", first, 250) for first in range(0, 1_000, 250)]
     assert [order for page in pages for order in page] == whole
-    fetched = ActivityEnvironment().run(fetch_orders, page_request("B-7", 400, 100))
+    fetched = from_payload(activity_env().run(fetch_orders, page_request("B-7", 400, 100)))
     assert fetched.first_order == 400 and fetched.orders == whole[400:500]
 
 
@@ -88,7 +91,7 @@ def test_heavy_parcels_take_a_day_longer() -> None:
 
 async def test_process_orders_adds_up_the_batch() -> None:
     orders = [_order("OH", (1, 1_000)), _order("CA", (3, 500)), _order("CA", (1, 30_000))]
-    summary = ActivityEnvironment().run(process_orders, OrderPage("B-1", 1, 0, orders))
+    summary = price(OrderPage("B-1", 1, 0, orders))
     quotes = [shipping_quote(o) for o in orders]
     assert summary.order_count == 3
     assert (
@@ -105,31 +108,29 @@ def test_process_orders_heartbeats_progress_and_totals_so_far(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(activities, "HEARTBEAT_SECONDS", 0)  # a heartbeat after every order
-    env = ActivityEnvironment()
+    env = activity_env()
     beats: list[tuple[object, ...]] = []
     env.on_heartbeat = lambda *details: beats.append(details)
     page = OrderPage("B-2", 1, 0, generate_orders("B-2", 0, 50))
-    summary = env.run(process_orders, page)
+    summary = env.run(process_orders, as_payload(page))
     assert [done for done, _ in beats] == list(range(1, 51))
-    first_part = ActivityEnvironment().run(process_orders, OrderPage("B-2", 1, 0, page.orders[:20]))
+    first_part = price(OrderPage("B-2", 1, 0, page.orders[:20]))
     assert beats[19][1] == first_part
     assert summary.order_count == 50
 
 
 def test_a_retry_resumes_after_the_last_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     page = OrderPage("B-3", 1, 0, generate_orders("B-3", 0, 300))
-    undisturbed = ActivityEnvironment().run(process_orders, page)
-    first_part = ActivityEnvironment().run(
-        process_orders, OrderPage("B-3", 1, 0, page.orders[:200])
-    )
+    undisturbed = price(page)
+    first_part = price(OrderPage("B-3", 1, 0, page.orders[:200]))
     # An earlier attempt heartbeated after 200 orders; the details come back as JSON.
     monkeypatch.setattr(activities, "HEARTBEAT_SECONDS", 0)
-    env = ActivityEnvironment()
+    env = activity_env()
     env.info = replace(env.info, attempt=2, heartbeat_details=[200, asdict(first_part)])
     beats: list[object] = []
     env.on_heartbeat = lambda *details: beats.append(details[0])
 
-    resumed = env.run(process_orders, page)
+    resumed = env.run(process_orders, as_payload(page))
 
     assert resumed == undisturbed
     assert beats == list(range(201, 301))  # the first 200 orders were not priced again
@@ -140,3 +141,11 @@ def test_page_summaries_add_up() -> None:
     b = PageSummary(2, 50, 5, 3, {"CA": 1, "OH": 1})
     assert a + b == PageSummary(3, 150, 15, 5, {"CA": 1, "OH": 2})
     assert PageSummary() + a == a
+
+
+def test_a_lost_order_list_fails_process_orders_at_once_naming_the_key() -> None:
+    lost = ApplicationError("Payload not found in Redis: key k1.", type="PayloadNotFoundError")
+    with pytest.raises(ApplicationError) as caught:
+        activity_env().run(process_orders, RawValue(placeholder(lost)))
+    assert caught.value.type == "PayloadNotFoundError" and caught.value.non_retryable
+    assert "key k1" in caught.value.message
