@@ -131,9 +131,7 @@ def temporal_dev_server() -> Iterator[str]:
     """An in-memory Temporal dev server on a free port (never 7233); yields its address."""
     port = free_port()
     command = [str(temporal_cli_path()), "server", "start-dev", "--ip", "127.0.0.1",
-               "--port", str(port), "--headless", "--log-level", "error",
-               "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-               "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"]  # fmt: skip
+               "--port", str(port), "--headless", "--log-level", "error"]  # fmt: skip
     with background(command, "The Temporal dev server", port):
         yield f"127.0.0.1:{port}"
 
