@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 TASK_QUEUE = "order-batches"
 # One page of the default 5,000-order batch; each page of a larger batch is still several
 # hundred KiB after compression, so it travels through Redis.
-DEFAULT_PAGE_SIZE = 10_000
+DEFAULT_PAGE_SIZE = 5_000
+# Pages of one batch at once: enough to keep one worker process busy on 2 cores, few enough
+# that small batches next to it stay quick. Raise it (about 4 per worker process) when more
+# workers share big batches.
+DEFAULT_PAGES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class OrderBatchRequest:
     batch_id: str
     order_count: int
     page_size: int = DEFAULT_PAGE_SIZE
+    pages_in_flight: int = DEFAULT_PAGES_IN_FLIGHT
     # Set only by the workflow itself when a big batch continues as new: where it got to.
     progress: BatchProgress | None = None
 

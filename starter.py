@@ -1,5 +1,5 @@
 """Start one order batch and report on it:
-`uv run starter.py [--orders N] [--page-size N] [--batch-id ID]`.
+`uv run starter.py [--orders N] [--page-size N] [--pages-in-flight N] [--batch-id ID]`.
 
 Neighbours: workflows.py, models.py, config.py, report.py.
 """
@@ -28,7 +28,13 @@ from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlrea
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import ConfigError, connected_client, exit_without_finalizing, load_settings, one_line
-from models import DEFAULT_PAGE_SIZE, TASK_QUEUE, BatchSummary, OrderBatchRequest
+from models import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_PAGES_IN_FLIGHT,
+    TASK_QUEUE,
+    BatchSummary,
+    OrderBatchRequest,
+)
 from report import payload_report, payload_table, summary_table
 from workflows import ProcessOrderBatchWorkflow
 
@@ -37,6 +43,7 @@ DEFAULT_ORDER_COUNT = 5_000
 MAX_ORDER_COUNT = 1_000_000
 # A page's JSON must stay under the driver's 50 MiB max_payload_size: 25,000 orders are ~28 MiB.
 MAX_PAGE_SIZE = 25_000
+MAX_PAGES_IN_FLIGHT = 64
 MAX_BATCH_ID_LENGTH = 100
 KEYS_SHOWN = 3
 
@@ -61,6 +68,13 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"orders per page (default {DEFAULT_PAGE_SIZE:,}, at most {MAX_PAGE_SIZE:,})",
     )
     parser.add_argument(
+        "--pages-in-flight",
+        type=_whole_number("--pages-in-flight", MAX_PAGES_IN_FLIGHT, "8"),
+        default=DEFAULT_PAGES_IN_FLIGHT,
+        help=f"pages processed at once (default {DEFAULT_PAGES_IN_FLIGHT}; about 4 per worker "
+        "process)",
+    )
+    parser.add_argument(
         "--batch-id",
         type=_batch_id,
         default=None,
@@ -70,7 +84,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def request_from_args(args: argparse.Namespace) -> OrderBatchRequest:
     batch_id = args.batch_id or datetime.now(UTC).strftime("BATCH-%Y%m%d-%H%M%S")
-    return OrderBatchRequest(batch_id, args.orders, args.page_size)
+    return OrderBatchRequest(batch_id, args.orders, args.page_size, args.pages_in_flight)
 
 
 def _whole_number(flag: str, maximum: int, example: str) -> Any:

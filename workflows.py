@@ -32,9 +32,6 @@ with workflow.unsafe.imports_passed_through():
         PageSummary,
     )
 
-# Pages run at once per batch: several workers can share a big batch, and a worker never
-# holds more than a few pages in memory.
-MAX_PAGES_IN_FLIGHT = 4
 # Pages per workflow run; then the batch continues as new, so its history stays bounded.
 PAGES_PER_RUN = 100
 # Runs of one page (fetch, then process) before the batch gives up on it.
@@ -99,10 +96,11 @@ class ProcessOrderBatchWorkflow:
 
     @workflow.run
     async def run(self, request: OrderBatchRequest) -> BatchSummary:
-        if request.order_count <= 0 or request.page_size <= 0:
+        if min(request.order_count, request.page_size, request.pages_in_flight) <= 0:
             raise ApplicationError(
                 f"Batch {request.batch_id!r} asks for {request.order_count} orders in pages of "
-                f"{request.page_size}; both must be positive numbers.",
+                f"{request.page_size}, {request.pages_in_flight} at once; all must be positive "
+                "numbers.",
                 type="InvalidOrderBatch",
                 non_retryable=True,
             )
@@ -110,7 +108,8 @@ class ProcessOrderBatchWorkflow:
         progress = request.progress or BatchProgress(next_page=1, done=PageSummary())
         self._page_count, self._pages_done = page_count, progress.next_page - 1
         last_page = min(page_count, progress.next_page + PAGES_PER_RUN - 1)
-        in_flight = asyncio.Semaphore(MAX_PAGES_IN_FLIGHT)
+        # A few pages at once, so several workers share a big batch and none holds many.
+        in_flight = asyncio.Semaphore(request.pages_in_flight)
 
         async def run_page(page: int) -> PageSummary:
             first = (page - 1) * request.page_size

@@ -1,10 +1,12 @@
 """One large batch on one worker process, then the same size on two, on this machine: the
 paged batch spreads its pages over every worker that polls the task queue.
 
-    uv run python -m bench.scale_out [--orders 1000000] [--json]
+    uv run python -m bench.scale_out [--orders 1000000] [--pages-in-flight 8] [--rounds 2]
+                                     [--json]
 
-Both runs use a dev server and a redis-server of the benchmark's own; wall time is the
-batch's first run's start to its last run's close, from history.
+Rounds alternate one worker and two on a dev server and a redis-server of the benchmark's
+own; wall time is the batch's first run's start to its last run's close, from history, and
+each figure is the median of the rounds (a shared 2-core machine is noisy).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import statistics
 import sys
 import uuid
 from dataclasses import dataclass
@@ -42,56 +45,76 @@ from starter import start_batch
 class ScaleOutResult:
     machine: Machine
     orders: int
+    pages_in_flight: int
+    rounds: int
+    one_worker_runs: list[float]
+    two_workers_runs: list[float]
     one_worker_seconds: float
     two_workers_seconds: float
     speedup: float
 
 
-async def wall_seconds(client: Client, orders: int) -> float:
-    handle = await start_batch(client, OrderBatchRequest(f"out-{uuid.uuid4().hex[:8]}", orders))
+async def wall_seconds(client: Client, orders: int, pages_in_flight: int) -> float:
+    request = OrderBatchRequest(
+        f"out-{uuid.uuid4().hex[:8]}", orders, pages_in_flight=pages_in_flight
+    )
+    handle = await start_batch(client, request)
     await handle.result()
     runs, _ = await batch_histories(client, handle.id, handle.result_run_id or "")
     began, ended = runs[0][0].event_time.ToDatetime(), runs[-1][-1].event_time.ToDatetime()
     return round((ended - began).total_seconds(), 2)
 
 
-async def run(orders: int) -> ScaleOutResult:
+async def run(orders: int, pages_in_flight: int, rounds: int) -> ScaleOutResult:
     from bench._common import console
 
-    seconds = {}
+    seconds: dict[int, list[float]] = {1: [], 2: []}
     with redis_server() as redis_url, temporal_dev_server() as address:
         redis_client = await open_redis(redis_url)
         try:
             client = await connect_temporal(make_data_converter(redis_client), address=address)
-            for workers in (1, 2):
-                await redis_client.flushdb()
-                with console.status(f"{orders:,} orders on {workers} worker(s)"):
-                    with contextlib.ExitStack() as stack:
-                        for _ in range(workers):
-                            stack.enter_context(worker_process(address, redis_url))
-                        seconds[workers] = await wall_seconds(client, orders)
+            for round_number in range(rounds):
+                for workers in (1, 2) if round_number % 2 == 0 else (2, 1):
+                    await redis_client.flushdb()
+                    with console.status(f"{orders:,} orders on {workers} worker(s)"):
+                        with contextlib.ExitStack() as stack:
+                            for _ in range(workers):
+                                stack.enter_context(worker_process(address, redis_url))
+                            seconds[workers].append(
+                                await wall_seconds(client, orders, pages_in_flight)
+                            )
         finally:
             await redis_client.aclose()
+    one, two = statistics.median(seconds[1]), statistics.median(seconds[2])
     return ScaleOutResult(
         machine=machine(),
         orders=orders,
-        one_worker_seconds=seconds[1],
-        two_workers_seconds=seconds[2],
-        speedup=round(seconds[1] / seconds[2], 2),
+        pages_in_flight=pages_in_flight,
+        rounds=rounds,
+        one_worker_runs=seconds[1],
+        two_workers_runs=seconds[2],
+        one_worker_seconds=one,
+        two_workers_seconds=two,
+        speedup=round(one / two, 2),
     )
 
 
 def table(result: ScaleOutResult) -> Table:
     out = Table(
-        title=f"{result.orders:,} orders, one worker process and two",
+        title=f"{result.orders:,} orders, {result.pages_in_flight} pages at once, "
+        f"median of {result.rounds}",
         title_justify="left",
         caption=f"two workers: {result.speedup}x as fast\n{machine_line(result.machine)}",
         caption_justify="left",
+        min_width=60,
     )
     out.add_column("workers")
     out.add_column("wall s", justify="right")
-    out.add_row("1", f"{result.one_worker_seconds:,.1f}")
-    out.add_row("2", f"{result.two_workers_seconds:,.1f}")
+    out.add_column("each round, s", justify="right")
+    rows = ((1, result.one_worker_seconds, result.one_worker_runs),
+            (2, result.two_workers_seconds, result.two_workers_runs))  # fmt: skip
+    for workers, median, runs in rows:
+        out.add_row(str(workers), f"{median:,.1f}", ", ".join(f"{s:,.1f}" for s in runs))
     return out
 
 
@@ -100,9 +123,10 @@ def main() -> int:
     parser.add_argument(
         "--orders", type=positive_int, default=1_000_000, help="orders (default 1000000)"
     )
+    parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of each (default 2)")
     add_json_flag(parser)
     args = parser.parse_args()
-    result = asyncio.run(run(args.orders))
+    result = asyncio.run(run(args.orders, args.pages_in_flight, args.rounds))
     emit(args.json, result, [table(result)])
     return 0
 

@@ -64,6 +64,8 @@ def one_sentence(output: str) -> str:
         (["--orders", "9" * 400], "is not a whole number from 1 to 1,000,000"),
         (["--page-size", "25001"], "argument --page-size: '25001' is not a whole number from 1"),
         (["--page-size", "\u0663"], "argument --page-size: '\u0663' is not a whole number"),
+        (["--pages-in-flight", "0"], "argument --pages-in-flight: '0' is not a whole number"),
+        (["--pages-in-flight", "65"], "is not a whole number from 1 to 64"),
         (["--batch-id", ""], "argument --batch-id: a batch id must be 1 to 100 printable"),
         (["--batch-id", "   "], "argument --batch-id: a batch id must be 1 to 100 printable"),
         (["--batch-id", "a\nb"], "argument --batch-id: a batch id must be 1 to 100 printable"),

@@ -63,7 +63,7 @@ def test_worker_and_starter_then_workflow_show(
     )
     assert starter.returncode == 0, starter.stderr + starter.stdout
     lines = starter.stdout.strip().splitlines()
-    assert f"Started batch {batch_id} (5,000 orders, pages of 10,000)" in starter.stdout
+    assert f"Started batch {batch_id} (5,000 orders, pages of 5,000)" in starter.stdout
     assert "Payloads in history" in starter.stdout
     assert starter.stdout.count("Redis, key 1") == 2  # the two order-list hops share a key
     # The last two lines: the batch's history, then its page's, which holds the order list.

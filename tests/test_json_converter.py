@@ -147,7 +147,13 @@ async def test_workflow_failure_with_details_round_trips() -> None:
     assert isinstance(decoded, ApplicationError)
     assert decoded.type == "InvalidOrderBatch" and decoded.message == "no orders"
     assert list(decoded.details) == [
-        {"batch_id": "B-2", "order_count": 0, "page_size": 10_000, "progress": None}
+        {
+            "batch_id": "B-2",
+            "order_count": 0,
+            "page_size": 5_000,
+            "pages_in_flight": 4,
+            "progress": None,
+        }
     ]
 
 

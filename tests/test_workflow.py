@@ -138,17 +138,19 @@ async def test_a_batch_of_many_pages_continues_as_new_and_keeps_history_bounded(
     assert len(await history(handle)) < len(first)  # the last run holds the other 5 pages
 
 
-@pytest.mark.parametrize(("orders", "page_size"), [(0, 10), (-1, 10), (10, 0)])
-async def test_non_positive_order_count_or_page_size_fails_at_once(
-    client: Client, orders: int, page_size: int
+@pytest.mark.parametrize(
+    ("orders", "page_size", "in_flight"), [(0, 10, 1), (-1, 10, 1), (10, 0, 1), (10, 5, 0)]
+)
+async def test_non_positive_order_count_page_size_or_pages_in_flight_fails_at_once(
+    client: Client, orders: int, page_size: int, in_flight: int
 ) -> None:
-    request = OrderBatchRequest(f"bad-{uuid.uuid4().hex[:8]}", orders, page_size)
+    request = OrderBatchRequest(f"bad-{uuid.uuid4().hex[:8]}", orders, page_size, in_flight)
     with pytest.raises(WorkflowFailureError) as caught:
         await run(client, request)
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.non_retryable and cause.type == "InvalidOrderBatch"
-    assert "must be positive numbers" in str(cause)
+    assert "all must be positive numbers" in str(cause)
 
 
 async def test_same_batch_started_twice_runs_once(client: Client) -> None:
