@@ -39,7 +39,8 @@ from config import (
 from starter import add_batch_arguments, request_from_args, run_batch
 from worker import build_worker
 
-console = Console()
+# Text from settings and servers is printed as it is, never read as markup.
+console = Console(markup=False, highlight=False)
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_UI_PORT = 8233
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -119,7 +120,9 @@ async def any_redis() -> AsyncIterator[str]:
         yield url
         return
     if url != DEFAULT_REDIS_URL or "REDIS_URL" in os.environ:
-        console.print(f"[yellow]Redis at {redact_url(url)} does not answer; starting our own.[/]")
+        console.print(
+            f"Redis at {redact_url(url)} does not answer; starting our own.", style="yellow"
+        )
     port = free_port()
     redis_server = shutil.which("redis-server")
     if redis_server:
@@ -136,8 +139,9 @@ async def any_redis() -> AsyncIterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     console.print(
-        "[yellow]Redis: redis-server is not on PATH, so payloads go to an embedded "
-        f"in-memory Redis (fakeredis) on port {port}; install Redis for the real thing.[/]"
+        "Redis: redis-server is not on PATH, so payloads go to an embedded "
+        f"in-memory Redis (fakeredis) on port {port}; install Redis for the real thing.",
+        style="yellow",
     )
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -201,7 +205,7 @@ def main() -> int:
     try:
         return asyncio.run(run_demo(args))
     except ConfigError as err:
-        console.print(f"[red]demo: {err}[/]")
+        console.print(f"demo: {err}", style="red")
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("Stopped; everything the demo started has been shut down.")

@@ -32,7 +32,7 @@ from demo import background, free_port, temporal_cli_path
 RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORKER_READY_TIMEOUT_SECONDS = 60.0
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)
 
 
 @dataclass(frozen=True)
