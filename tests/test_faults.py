@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -13,8 +14,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import aiohttp
 import pytest
 import redis.asyncio
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
@@ -22,9 +26,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from codec import make_data_converter
+from codec_server import build_app, serve
 from config import open_redis
-from models import OrderBatchRequest
+from models import OrderBatchRequest, OrderPage
 from report import payloads_by_hop, storage_reference, unreadable_payloads
+from sample_data import generate_orders
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, temporal_cli_path
 from tests.support import (
@@ -429,3 +435,105 @@ async def test_fifty_batches_at_once_through_one_worker(
     assert [record.getMessage() for record in caplog.records] == []
     core_log = capfd.readouterr().err
     assert " WARN" not in core_log and "ERROR" not in core_log, core_log
+
+
+def restart(server: RedisServer, *options: str) -> None:
+    """SIGKILL a redis-server and start it again on the same port, as a crash and a
+    supervisor would."""
+    assert server.process is not None
+    server.process.kill()
+    server.process.wait()
+    server.process = None
+    server.start(*options)
+
+
+async def test_codec_server_answers_the_first_request_after_a_redis_restart(
+    own_redis: RedisServer,
+) -> None:
+    own_redis.start(*AOF)
+    redis_client = await open_redis(own_redis.url)
+    try:
+        converter = make_data_converter(redis_client, payload_size_threshold=8 * 1024)
+        values = [OrderPage("codec-restart", 1, 0, generate_orders("codec-restart", 0, 300))]
+        [stored] = await converter.encode(values)
+        assert storage_reference(stored) is not None
+        body = {"payloads": [json_format.MessageToDict(stored)]}
+        async with (
+            serve(build_app(converter), "127.0.0.1", 0) as url,
+            aiohttp.ClientSession() as http,
+        ):
+            async with http.post(f"{url}/decode", json=body) as before:
+                assert before.status == 200
+            restart(own_redis, *AOF)  # the server's pooled connection is now dead
+            async with http.post(f"{url}/decode", json=body) as after:
+                assert after.status == 200, await after.text()
+                [decoded] = (await after.json())["payloads"]
+        assert (
+            json_format.ParseDict(decoded, Payload())
+            == converter.payload_converter.to_payloads(values)[0]
+        )
+    finally:
+        await redis_client.aclose()
+
+
+async def test_ctrl_c_on_the_worker_lets_running_activities_finish(
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    client = client_with(temporal_env, make_data_converter(redis_client))
+    request = OrderBatchRequest(f"graceful-{uuid.uuid4().hex[:8]}", 3_000)
+    # About 6 s of pricing: Ctrl+C lands in the middle of it.
+    worker = start_worker(address_of(temporal_env), redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
+    try:
+        handle = await start_batch(client, request)
+        page = page_handle(client, request)
+        await wait_until_processing(page)
+        code = await asyncio.to_thread(worker.stop)
+    finally:
+        worker.kill()
+    assert code == 0, worker.log
+    log = " ".join(worker.log.split())
+    assert "running activities get up to 30 s to finish" in log and "Worker stopped." in log
+    # process_orders finished its first attempt on the stopping worker: nothing was cancelled.
+    events = await history(page)
+    [completed] = [
+        e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    ][1:]
+    started = next(
+        e.activity_task_started_event_attributes
+        for e in events
+        if e.event_id == completed.activity_task_completed_event_attributes.started_event_id
+    )
+    assert started.attempt == 1
+    async with build_worker(client):  # someone has to finish the batch's workflow tasks
+        assert await handle.result() == undisturbed_summary(request)
+
+
+async def test_ctrl_c_on_the_starter_says_the_batch_keeps_running(
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    client = client_with(temporal_env, make_data_converter(redis_client))
+    batch_id = f"ctrl-c-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(address_of(temporal_env), redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
+    starter = await asyncio.create_subprocess_exec(
+        sys.executable, "starter.py", "--batch-id", batch_id, "--orders", "3000",
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=user_env(TEMPORAL_ADDRESS=address_of(temporal_env), REDIS_URL=redis_server.url,
+                     COLUMNS="200"),
+    )  # fmt: skip
+    try:
+        assert starter.stdout is not None
+        first = (await asyncio.wait_for(starter.stdout.readline(), 60)).decode()
+        assert first.startswith(f"Started batch {batch_id}"), first
+        starter.send_signal(signal.SIGINT)
+        output = first + (await asyncio.wait_for(starter.communicate(), 60))[0].decode()
+        handle = client.get_workflow_handle(workflow_id_for(batch_id))
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        summary = await handle.result()
+    finally:
+        worker.stop()
+    assert starter.returncode == 130
+    assert "Traceback" not in output
+    text = " ".join(output.split())
+    assert f"Batch {batch_id} keeps running on the worker" in text, text
+    assert f"uv run starter.py --batch-id {batch_id}" in text
+    assert summary.order_count == 3_000
