@@ -526,7 +526,9 @@ async def test_ctrl_c_on_the_starter_says_the_batch_keeps_running(
         assert first.startswith(f"Started batch {batch_id}"), first
         starter.send_signal(signal.SIGINT)
         output = first + (await asyncio.wait_for(starter.communicate(), 60))[0].decode()
-        handle = client.get_workflow_handle(workflow_id_for(batch_id))
+        handle = client.get_workflow_handle_for(
+            ProcessOrderBatchWorkflow.run, workflow_id_for(batch_id)
+        )
         assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         summary = await handle.result()
     finally:
