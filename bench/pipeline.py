@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import zstandard
 from rich.table import Table
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, ExternalStorage, PayloadCodec
@@ -46,7 +47,7 @@ from bench._common import (
     run_main,
 )
 from bench.filler import filler_page
-from codec import make_data_converter
+from codec import ZSTD_LEVEL, make_data_converter
 from config import open_redis
 from json_converter import gc_paused
 from models import OrderPage
@@ -55,6 +56,7 @@ from sample_data import generate_orders
 from starter import DEFAULT_ORDER_COUNT
 
 DEFAULT_ROUNDS = 5
+ZSTD_LEVELS_COMPARED = (1, 2, 3, 6)
 BENCH_MAX_PAYLOAD_SIZE = 512 * 1024 * 1024
 DEFAULT_FILLER_ORDERS = [2_000, 20_000]
 STORE_EVERY_SIZE = 0  # payload_size_threshold: every payload goes to Redis
@@ -127,6 +129,40 @@ class PipelineResult:
     machine: Machine
     rounds: int
     sizes: list[SizeResult]
+    levels: list[LevelResult]
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """zstd at one level on one order list: what picks the codec's ZSTD_LEVEL."""
+
+    data_set: str
+    orders: int
+    level: int
+    compress_ms: float
+    decompress_ms: float
+    compressed_bytes: int
+
+
+def measure_levels(data_set: str, orders: int, rounds: int) -> list[LevelResult]:
+    data = msgspec.json.encode(order_list(data_set, orders))
+    results = []
+    for level in ZSTD_LEVELS_COMPARED:
+        compressor = zstandard.ZstdCompressor(level=level)
+        compress, decompress = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            frame = compressor.compress(data)
+            compress.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            zstandard.ZstdDecompressor().decompress(frame)
+            decompress.append(time.perf_counter() - started)
+        results.append(
+            LevelResult(
+                data_set, orders, level, median_ms(compress), median_ms(decompress), len(frame)
+            )
+        )
+    return results
 
 
 @dataclass
@@ -285,8 +321,27 @@ async def measure_size(
     )
 
 
+def levels_table(result: PipelineResult) -> Table:
+    table = Table(
+        title=f"zstd levels on the first size of each data set (the codec uses {ZSTD_LEVEL})",
+        title_justify="left",
+    )
+    for column in ("data set", "orders", "level", "compress ms", "decompress ms", "bytes"):
+        table.add_column(column, justify="left" if column == "data set" else "right")
+    for row in result.levels:
+        table.add_row(
+            row.data_set,
+            f"{row.orders:,}",
+            str(row.level),
+            f"{row.compress_ms:,.1f}",
+            f"{row.decompress_ms:,.1f}",
+            f"{row.compressed_bytes:,}",
+        )
+    return table
+
+
 def tables(result: PipelineResult) -> list[Table]:
-    out = []
+    out = [levels_table(result)]
     for size in result.sizes:
         table = Table(
             title=f"{size.data_set}: {size.orders:,} orders, {mib(size.json_bytes)} of JSON, "
@@ -302,16 +357,13 @@ def tables(result: PipelineResult) -> list[Table]:
             ),
             caption_justify="left",
         )
-        for column in ("", "encode ms", "decode ms", "encode MB/s", "decode MB/s",
-                       "enc+dec MB/s", "bytes in Redis"):  # fmt: skip
+        for column in ("", "encode ms", "decode ms", "enc+dec MB/s", "bytes in Redis"):
             table.add_column(column, justify="left" if not column else "right")
         for row in (size.baseline, size.ours, size.floor):
             table.add_row(
                 row.name,
                 f"{row.encode_ms:,.1f}",
                 f"{row.decode_ms:,.1f}",
-                f"{row.encode_mb_per_s:,.1f}",
-                f"{row.decode_mb_per_s:,.1f}",
                 f"{row.round_trip_mb_per_s:,.1f}",
                 f"{row.redis_bytes:,}",
             )
@@ -334,7 +386,12 @@ async def run(data_sets: dict[str, list[int]], rounds: int) -> PipelineResult:
                         )
         finally:
             await client.aclose()
-    return PipelineResult(machine=machine(), rounds=rounds, sizes=results)
+    levels = [
+        level
+        for data_set, sizes in data_sets.items()
+        for level in measure_levels(data_set, sizes[0], rounds)
+    ]
+    return PipelineResult(machine=machine(), rounds=rounds, sizes=results, levels=levels)
 
 
 def main() -> int:
