@@ -26,7 +26,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
-from encryption import AesGcmCodec, EncryptionKey
+from encryption import EncryptionCodec, EncryptionKey
 from json_converter import MsgspecPayloadConverter
 from payload_metrics import MeteredStorageDriver
 from placeholders import PlaceholderOnFailure, PlaceholderPayloadConverter
@@ -251,7 +251,7 @@ def make_data_converter(
     # Always in the chain: without keys it encrypts nothing, but a payload encrypted elsewhere
     # then fails at once, naming the key id it needs, instead of failing to decode forever.
     codec = CodecChain(
-        [ZstdCodec(max_decompressed_size=max_payload_size), AesGcmCodec(encryption_keys)]
+        [ZstdCodec(max_decompressed_size=max_payload_size), EncryptionCodec(encryption_keys)]
     )
     return dataclasses.replace(
         DataConverter.default,

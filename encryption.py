@@ -1,17 +1,18 @@
-"""Optional AES-GCM encryption of payloads at rest, applied after compression.
+"""Optional encryption of payloads at rest, applied after compression: AES-SIV from
+``cryptography``, a deterministic AEAD that stays safe when the same payload is encrypted
+twice (equal payloads give equal bytes, so Redis still stores them once).
 
 Turn it on with ``PAYLOAD_ENCRYPTION_KEYS=key-id:base64-key[,older-id:base64-key...]``: the
 first key encrypts, every listed key decrypts, so a key rotation puts the new key first and
 keeps the old ones until nothing encrypted with them is still needed. Make a key with
-``uv run encryption.py KEY-ID``.
+``uv run encryption.py KEY-ID``. The payload's encoding and key-id names are this sample's
+own, so another SDK's encryption codec never mistakes these payloads for its own.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import re
 import secrets
 import sys
@@ -20,23 +21,26 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError
 
-ENCRYPTED_ENCODING = b"binary/encrypted"
-KEY_ID_METADATA = "encryption-key-id"
+ENCRYPTED_ENCODING = b"binary/redis-sample-aes-siv"
+KEY_ID_METADATA = "redis-sample-key-id"
+# Written by this sample's first release (AES-GCM with a nonce derived from the plaintext);
+# still read, never written.
+EARLIER_ENCODING = b"binary/encrypted"
+EARLIER_KEY_ID_METADATA = "encryption-key-id"
 KEYS_VARIABLE = "PAYLOAD_ENCRYPTION_KEYS"
-KEY_BYTES = 32  # AES-256
-NONCE_BYTES = 12
+KEY_BYTES = 32
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
 class EncryptionKey:
-    """One named AES-256 key. ``repr`` never shows the secret."""
+    """One named 256-bit secret. ``repr`` never shows the secret."""
 
     key_id: str
     secret: bytes = field(repr=False)
@@ -72,62 +76,63 @@ def parse_encryption_keys(raw: str) -> list[EncryptionKey]:
     return keys
 
 
-class AesGcmCodec(PayloadCodec):
-    """Encrypts every payload with AES-256-GCM under the first key; decrypts with any key.
+def _derive(secret: bytes, purpose: bytes, length: int) -> bytes:
+    return HKDF(hashes.SHA256(), length, None, purpose).derive(secret)
 
-    The key id travels in the payload metadata (and is authenticated), so payloads written
-    before a rotation still decode. The nonce is an HMAC of the plaintext (a synthetic nonce):
-    the same payload always encrypts to the same bytes, so identical values still share one
-    content-addressed Redis key. That reveals only that two payloads are equal, which the
-    content-addressed key reveals anyway. Payloads without this codec's encoding pass through.
+
+class EncryptionCodec(PayloadCodec):
+    """Encrypts every payload with AES-SIV (AES-256, from a key derived from the first key);
+    decrypts with any listed key.
+
+    The key id travels in the payload metadata and is authenticated with the data, so
+    payloads written before a rotation still decode. Without keys this codec encrypts
+    nothing, but an encrypted payload then fails at once with a non-retryable
+    ``PayloadEncryptionKeyUnknown`` naming the key id, instead of failing to decode later.
+    Payloads with another encoding pass through.
     """
 
     def __init__(self, keys: Sequence[EncryptionKey]) -> None:
-        # Without keys it encrypts nothing, but still names the key an encrypted payload needs.
-        self._current = keys[0].key_id if keys else None
-        self._ciphers: dict[str, tuple[AESGCM, bytes]] = {}
         for key in keys:
             if len(key.secret) != KEY_BYTES:
                 raise ValueError(f"Encryption key {key.key_id!r} must be {KEY_BYTES} bytes.")
-            # Separate subkeys for encryption and nonce derivation, from the one secret.
-            derived = HKDF(hashes.SHA256(), 2 * KEY_BYTES, None, b"temporal-payload-aes-gcm")
-            material = derived.derive(key.secret)
-            self._ciphers[key.key_id] = (AESGCM(material[:KEY_BYTES]), material[KEY_BYTES:])
+        self._current = keys[0].key_id if keys else None
+        # AES-SIV takes a double-length key (two AES-256 keys), derived from the secret.
+        self._siv = {k.key_id: AESSIV(_derive(k.secret, b"redis-sample-aes-siv", 64)) for k in keys}
+        # The earlier AES-GCM format's key: the first half of what it derived.
+        self._earlier = {
+            k.key_id: _derive(k.secret, b"temporal-payload-aes-gcm", 64)[:KEY_BYTES] for k in keys
+        }
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        if self._current is None:
-            return list(payloads)
         return [self._encrypt(payload) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._decrypt(payload) for payload in payloads]
 
     def _encrypt(self, payload: Payload) -> Payload:
-        assert self._current is not None
-        cipher, nonce_key = self._ciphers[self._current]
-        plaintext = payload.SerializeToString(deterministic=True)
-        nonce = hmac.new(nonce_key, plaintext, hashlib.sha256).digest()[:NONCE_BYTES]
-        ciphertext = cipher.encrypt(nonce, plaintext, self._current.encode())
+        if self._current is None:
+            return payload
+        key_id = self._current.encode()
+        sealed = self._siv[self._current].encrypt(
+            payload.SerializeToString(deterministic=True), [ENCRYPTED_ENCODING, key_id]
+        )
         return Payload(
-            metadata={"encoding": ENCRYPTED_ENCODING, KEY_ID_METADATA: self._current.encode()},
-            data=nonce + ciphertext,
+            metadata={"encoding": ENCRYPTED_ENCODING, KEY_ID_METADATA: key_id}, data=sealed
         )
 
     def _decrypt(self, payload: Payload) -> Payload:
-        if payload.metadata.get("encoding") != ENCRYPTED_ENCODING:
+        encoding = payload.metadata.get("encoding")
+        if encoding not in (ENCRYPTED_ENCODING, EARLIER_ENCODING):
             return payload
-        key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
-        if key_id not in self._ciphers:
-            raise ApplicationError(
-                f"A payload was encrypted with key {key_id!r}, which is not in this process's "
-                f"{KEYS_VARIABLE}; set it there (after the current key) to read it.",
-                type="PayloadEncryptionKeyUnknown",
-                non_retryable=True,
-            )
-        cipher, _ = self._ciphers[key_id]
+        earlier = encoding == EARLIER_ENCODING
+        key_id = self._key_id(payload, EARLIER_KEY_ID_METADATA if earlier else KEY_ID_METADATA)
         data = payload.data
         try:
-            plaintext = cipher.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], key_id.encode())
+            if earlier:
+                cipher = AESGCM(self._earlier[key_id])
+                plaintext = cipher.decrypt(data[:12], data[12:], key_id.encode())
+            else:
+                plaintext = self._siv[key_id].decrypt(data, [ENCRYPTED_ENCODING, key_id.encode()])
         except InvalidTag:
             raise ApplicationError(
                 f"A payload encrypted with key {key_id!r} failed authentication; it was "
@@ -136,9 +141,18 @@ class AesGcmCodec(PayloadCodec):
                 type="PayloadDecryptionError",
                 non_retryable=True,
             ) from None
-        decrypted = Payload()
-        decrypted.ParseFromString(plaintext)
-        return decrypted
+        return Payload.FromString(plaintext)
+
+    def _key_id(self, payload: Payload, metadata_key: str) -> str:
+        key_id = payload.metadata.get(metadata_key, b"").decode(errors="replace")
+        if key_id not in self._siv:
+            raise ApplicationError(
+                f"A payload was encrypted with key {key_id!r}, which is not in this process's "
+                f"{KEYS_VARIABLE}; set it there (after the current key) to read it.",
+                type="PayloadEncryptionKeyUnknown",
+                non_retryable=True,
+            )
+        return key_id
 
 
 def new_key_entry(key_id: str) -> str:

@@ -47,6 +47,7 @@ from codec_server import (
     build_app,
     serve,
 )
+from encryption import ENCRYPTED_ENCODING
 from models import TASK_QUEUE, OrderBatchRequest, OrderPage
 from redis_driver import DEFAULT_KEY_PREFIX, payload_key
 from report import storage_reference
@@ -929,7 +930,7 @@ json_values = st.recursive(
 def payload_strategy(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     """Payloads in protobuf JSON: inline, zstd (valid, damaged, bombs), and references."""
     encodings = st.sampled_from(
-        [b"json/plain", ZSTD_ENCODING, ZSTD_DATA_ENCODING, b"binary/encrypted"]
+        [b"json/plain", ZSTD_ENCODING, ZSTD_DATA_ENCODING, b"binary/encrypted", ENCRYPTED_ENCODING]
     )
     inline = st.tuples(
         st.dictionaries(st.sampled_from(["encoding", "messageType", "x"]),

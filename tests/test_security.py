@@ -3,6 +3,7 @@ user and TLS works without the password ever being printed, and payloads can be 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import subprocess
@@ -30,7 +31,12 @@ from temporalio.testing import WorkflowEnvironment
 from codec import make_data_converter
 from codec_server import build_app, serve
 from config import ConfigError, load_settings, open_redis
-from encryption import ENCRYPTED_ENCODING, KEY_ID_METADATA, AesGcmCodec, parse_encryption_keys
+from encryption import (
+    ENCRYPTED_ENCODING,
+    KEY_ID_METADATA,
+    EncryptionCodec,
+    parse_encryption_keys,
+)
 from models import TASK_QUEUE, OrderBatchRequest, OrderPage
 from report import payload_report, payloads_by_hop, storage_reference
 from sample_data import generate_orders
@@ -326,8 +332,39 @@ async def test_codec_server_decodes_encrypted_payloads(redis_client: redis.async
     assert decoded == originals
 
 
+# A payload encrypted by the sample's first release (AES-GCM under binary/encrypted) with
+# KEY_1; it must stay readable.
+WRITTEN_BY_THE_FIRST_RELEASE = (
+    "ChwKCGVuY29kaW5nEhBiaW5hcnkvZW5jcnlwdGVkChwKEWVuY3J5cHRpb24ta2V5LWlkEgcyMDI1LTExEmDwU7oi3wYE"
+    "5o+scy3hI07x4Qz2ncXJfJJntcatdg8M93aOL238cpMej8gRJ8YB+87+7X4F0Wd+Rxxlts7bUovOUoMDf+15SDJC7Hxe"
+    "dK/z+ITP0Kz6mlLJgoBhYJRcNIA="
+)
+
+
+async def test_payloads_of_the_earlier_encryption_format_stay_readable() -> None:
+    earlier = Payload.FromString(base64.b64decode(WRITTEN_BY_THE_FIRST_RELEASE))
+    assert earlier.metadata["encoding"] == b"binary/encrypted"
+    [plain] = await EncryptionCodec(parse_encryption_keys(f"{KEY_2},{KEY_1}")).decode([earlier])
+    assert plain == Payload(
+        metadata={"encoding": b"json/plain"}, data=b'{"batch_id":"sealed-2025","order_count":3}'
+    )
+    with pytest.raises(ApplicationError) as caught:
+        await EncryptionCodec(parse_encryption_keys(KEY_2)).decode([earlier])
+    assert caught.value.type == "PayloadEncryptionKeyUnknown"
+
+
+async def test_our_encoding_names_are_our_own() -> None:
+    """Another SDK's encryption codec or codec server knows binary/encrypted and
+    encryption-key-id; ours must never be mistaken for those."""
+    codec = EncryptionCodec(parse_encryption_keys(KEY_1))
+    [sealed] = await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=b"1")])
+    assert sealed.metadata["encoding"] == ENCRYPTED_ENCODING != b"binary/encrypted"
+    assert set(sealed.metadata) == {"encoding", KEY_ID_METADATA}
+    assert KEY_ID_METADATA != "encryption-key-id"
+
+
 async def test_encrypted_payloads_are_deterministic_and_tamper_evident() -> None:
-    codec = AesGcmCodec(parse_encryption_keys(KEY_1))
+    codec = EncryptionCodec(parse_encryption_keys(KEY_1))
     plain = Payload(metadata={"encoding": b"json/plain"}, data=b'{"email":"ada@example.com"}')
     [first], [second] = await codec.encode([plain]), await codec.encode([plain])
     assert first == second  # identical values still share one content-addressed key
