@@ -123,6 +123,12 @@ def main() -> int:
     parser.add_argument(
         "--orders", type=positive_int, default=1_000_000, help="orders (default 1000000)"
     )
+    parser.add_argument(
+        "--pages-in-flight",
+        type=positive_int,
+        default=8,
+        help="pages at once, in both runs (default 8: about 4 per worker process)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of each (default 2)")
     add_json_flag(parser)
     args = parser.parse_args()

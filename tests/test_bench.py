@@ -67,7 +67,7 @@ def test_latency_measures_a_small_batch_idle_and_loaded() -> None:
 
 
 def test_scale_out_runs_one_batch_on_one_and_two_workers() -> None:
-    result = bench_json("bench.scale_out", "--orders", "3000")
+    result = bench_json("bench.scale_out", "--orders", "3000", "--rounds", "1")
     assert result["one_worker_seconds"] > 0 and result["two_workers_seconds"] > 0
     assert result["speedup"] == round(
         result["one_worker_seconds"] / result["two_workers_seconds"], 2
