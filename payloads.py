@@ -375,6 +375,43 @@ def gc_table(runs: Sequence[GcRun], key_prefix: str) -> Table:
     return table
 
 
+@dataclass(frozen=True)
+class GcOutcome:
+    """What one clean-up decided, run by run, and how many payloads it deleted."""
+
+    runs: list[GcRun]
+    deleted: int  # payloads UNLINKed; 0 on a dry run
+
+    @property
+    def doomed(self) -> list[GcRun]:
+        """The runs whose payloads may go (on a dry run: would go)."""
+        return [run for run in self.runs if run.verdict.delete]
+
+    @property
+    def doomed_payloads(self) -> int:
+        return sum(len(run.group.keys) for run in self.doomed)
+
+    @property
+    def doomed_bytes(self) -> int:
+        return sum(run.group.size_bytes for run in self.doomed)
+
+
+async def collect_garbage(
+    redis_client: RedisClient,
+    client: Client,
+    key_prefix: str,
+    *,
+    delete: bool,
+    grace: timedelta = timedelta(minutes=DEFAULT_GRACE_MINUTES),
+    now: datetime | None = None,
+) -> GcOutcome:
+    """The clean-up that `payloads.py gc` and the scheduled clean-up both run: plan run by run
+    (:func:`plan_gc`), then, with ``delete``, UNLINK what the plan allows."""
+    runs = await plan_gc(redis_client, client, key_prefix, grace=grace, now=now)
+    deleted = await delete_payloads(redis_client, runs) if delete else 0
+    return GcOutcome(runs, deleted)
+
+
 async def gc(
     redis_client: RedisClient,
     client: Client,
@@ -384,25 +421,22 @@ async def gc(
     yes: bool,
     grace: timedelta,
 ) -> None:
-    """Plan, show the plan, and delete only with ``yes``."""
-    runs = await plan_gc(redis_client, client, key_prefix, grace=grace)
-    doomed = [run for run in runs if run.verdict.delete]
-    count = sum(len(run.group.keys) for run in doomed)
-    size = sum(run.group.size_bytes for run in doomed)
-    console.print(gc_table(runs, key_prefix))
+    """Plan, delete only with ``yes``, and show the plan."""
+    outcome = await collect_garbage(redis_client, client, key_prefix, delete=yes, grace=grace)
+    count, size, runs = outcome.doomed_payloads, outcome.doomed_bytes, len(outcome.doomed)
+    console.print(gc_table(outcome.runs, key_prefix))
     address = client.service_client.config.target_host
     checked = f"checked against namespace {client.namespace} at {address}"
     if not yes:
         console.print(
             f"Dry run ({checked}): would delete {_count(count, 'payload')} ({size:,} bytes) "
-            f"of {_count(len(doomed), 'run')}."
+            f"of {_count(runs, 'run')}."
             + (" Run again with --yes to delete them." if count else "")
         )
         return
-    deleted = await delete_payloads(redis_client, runs)
     console.print(
-        f"Deleted {_count(deleted, 'payload')} ({size:,} bytes) of "
-        f"{_count(len(doomed), 'run')} ({checked})."
+        f"Deleted {_count(outcome.deleted, 'payload')} ({size:,} bytes) of "
+        f"{_count(runs, 'run')} ({checked})."
     )
 
 
