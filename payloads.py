@@ -5,13 +5,15 @@
                                                   closed and past the namespace's retention
 
 Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
-does not block Redis. `gc` is a dry run unless `--yes` is given.
+does not block Redis. `gc` is a dry run unless `--yes` is given. The ``collect_payload_garbage``
+activity below runs the same :func:`collect_garbage` on a worker, for a scheduled clean-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -21,16 +23,27 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio
 from rich.console import Console
 from rich.table import Table
+from temporalio import activity
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import ConfigError, connect_temporal, load_settings, open_redis
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
+from scheduled_workflows import (
+    CLEANUP_ACTIVITY,
+    CleanedRun,
+    PayloadCleanupReport,
+    PayloadCleanupRequest,
+)
 
 SCAN_COUNT = 1000
 DEFAULT_GRACE_MINUTES = 60
+# The scheduled clean-up lists this many deleted runs in its report and counts the rest.
+RUNS_REPORTED = 100
+HEARTBEAT_SECONDS = 10
 
 RedisClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
@@ -437,6 +450,83 @@ async def gc(
     console.print(
         f"Deleted {_count(outcome.deleted, 'payload')} ({size:,} bytes) of "
         f"{_count(runs, 'run')} ({checked})."
+    )
+
+
+class PayloadCleanup:
+    """The scheduled clean-up's activity: :func:`collect_garbage` with ``--yes``, on a worker.
+
+    It judges runs with the worker's Temporal client (so its namespace), and opens its own
+    connection to ``REDIS_URL``, the Redis that the worker's storage driver writes to.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @activity.defn(name=CLEANUP_ACTIVITY)
+    async def collect_payload_garbage(self, request: PayloadCleanupRequest) -> PayloadCleanupReport:
+        try:
+            redis_client = await open_redis(load_settings().redis_url)
+        except ConfigError as err:
+            raise ApplicationError(str(err), type="RedisUnavailableError") from None  # retried
+        try:
+            async with _heartbeating():
+                outcome = await collect_garbage(
+                    redis_client,
+                    self._client,
+                    request.key_prefix,
+                    delete=True,
+                    grace=timedelta(minutes=request.grace_minutes),
+                    now=request.as_of,
+                )
+        finally:
+            await redis_client.aclose()
+        report = cleanup_report(outcome)
+        activity.logger.info(
+            "Payload clean-up under %s: deleted %s (%s bytes) of %s; kept %s.",
+            request.key_prefix,
+            _count(report.deleted_payloads, "payload"),
+            f"{report.deleted_bytes:,}",
+            _count(len(outcome.doomed), "run"),
+            _count(report.kept_payloads, "payload"),
+        )
+        return report
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the block runs, so a lost worker is noticed and a cancel arrives."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def cleanup_report(outcome: GcOutcome) -> PayloadCleanupReport:
+    """What a clean-up deleted, small enough to return from a workflow."""
+    doomed = outcome.doomed
+    return PayloadCleanupReport(
+        deleted_payloads=outcome.deleted,
+        deleted_bytes=outcome.doomed_bytes,
+        kept_payloads=sum(len(run.group.keys) for run in outcome.runs) - outcome.doomed_payloads,
+        deleted_runs=[
+            CleanedRun(
+                run.group.owner,
+                run.run_id,
+                len(run.group.keys),
+                run.group.size_bytes,
+                run.verdict.reason,
+            )
+            for run in doomed[:RUNS_REPORTED]
+        ],
+        runs_not_listed=max(0, len(doomed) - RUNS_REPORTED),
     )
 
 
