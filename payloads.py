@@ -3,10 +3,12 @@
     uv run payloads.py list [--workflow-id ID]   what is stored, per workflow: count, bytes, TTL
     uv run payloads.py gc [--yes]                 delete payloads whose workflow run is gone or
                                                   closed and past the namespace's retention
+    uv run payloads.py gc --yes --every 6h        the same on a Temporal Schedule (or --schedule
+                                                  CRON), run by the worker
 
 Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
-does not block Redis. `gc` is a dry run unless `--yes` is given. The ``collect_payload_garbage``
-activity below runs the same :func:`collect_garbage` on a worker, for a scheduled clean-up.
+does not block Redis. `gc` is a dry run unless `--yes` is given. The scheduled clean-up is the
+``collect_payload_garbage`` activity below; it runs the same :func:`collect_garbage`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, connect_temporal, load_settings, open_redis
+from config import (
+    ConfigError,
+    connect_temporal,
+    exit_without_finalizing,
+    load_settings,
+    open_redis,
+)
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
 from scheduled_workflows import (
     CLEANUP_ACTIVITY,
@@ -38,6 +46,7 @@ from scheduled_workflows import (
     PayloadCleanupReport,
     PayloadCleanupRequest,
 )
+from schedules import add_schedule_arguments, cleanup_schedule_command, when_from_args
 
 SCAN_COUNT = 1000
 DEFAULT_GRACE_MINUTES = 60
@@ -590,11 +599,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep payloads read or written this recently "
         f"(default {DEFAULT_GRACE_MINUTES}; covers a start that is still in flight)",
     )
-    return parser.parse_args(argv)
+    add_schedule_arguments(gc_parser, one_off=False)
+    args = parser.parse_args(argv)
+    args.when = when_from_args(gc_parser, args) if args.command == "gc" else None
+    if args.when is not None and not args.yes:
+        gc_parser.error(
+            "a scheduled clean-up deletes payloads every time it runs; add --yes to say so, "
+            "or leave out --schedule and --every for a dry run now"
+        )
+    return args
 
 
 if __name__ == "__main__":
     cli_args = parse_args()
+    if cli_args.when is not None:
+        exit_without_finalizing(cleanup_schedule_command(cli_args, cli_args.when))
     try:
         sys.exit(asyncio.run(main(cli_args, Console())))
     except ConfigError as err:
