@@ -134,7 +134,7 @@ def add_schedule_arguments(parser: argparse.ArgumentParser, *, one_off: bool) ->
         metavar="DURATION",
         type=parse_duration,
         default=None,
-        help=f"an interval, counted from 00:00 UTC: {_DURATION_EXAMPLES}",
+        help=f"an interval from the Unix epoch (1d runs at 00:00 UTC): {_DURATION_EXAMPLES}",
     )
     if one_off:
         group.add_argument(
@@ -394,15 +394,20 @@ async def create_batch_schedule(
         Text.assemble(
             f"{'Created' if created else 'Updated'} schedule ",
             (handle.id, "bold"),
-            f": {request.order_count:,} orders a batch (pages of {request.page_size:,}, "
+            f": a batch of {request.order_count:,} orders (pages of {request.page_size:,}, "
             f"{request.pages_in_flight} at once), {when.text()}.",
         )
     )
+    ids = (
+        f"The batch's id is {example}"
+        if when.at
+        else f"Each batch's id is {request.batch_prefix}- and the UTC time it is scheduled for, "
+        f"e.g. {example}"
+    )
     console.print(
         Text(
-            f"Each batch's id is {request.batch_prefix}- and the UTC time it is scheduled for, "
-            f"e.g. {example}, run as workflow {batch_workflow_id(example)}; a time whose batch "
-            "ran or is running is never processed again."
+            f"{ids}, run as workflow {batch_workflow_id(example)}; a time whose batch ran or is "
+            "running is never processed again."
         )
     )
     console.print(
@@ -450,7 +455,7 @@ def _print_next_and_commands(
     for command in (
         f"schedule describe --schedule-id {quoted}",
         f"schedule trigger --schedule-id {quoted}",
-        f'schedule toggle --schedule-id {quoted} --pause --reason "maintenance"',
+        f"schedule toggle --schedule-id {quoted} --pause --reason holiday",
         f"schedule delete --schedule-id {quoted}",
         "schedule list",
     ):
