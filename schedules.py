@@ -390,13 +390,12 @@ async def create_batch_schedule(
     next_times = (await handle.describe()).info.next_action_times
     first = next_times[0] if next_times else when.at or datetime.now(UTC)  # none while paused
     example = scheduled_batch_id(request.batch_prefix, first)
-    console.print(
-        Text.assemble(
-            f"{'Created' if created else 'Updated'} schedule ",
-            (handle.id, "bold"),
-            f": a batch of {request.order_count:,} orders (pages of {request.page_size:,}, "
-            f"{request.pages_in_flight} at once), {when.text()}.",
-        )
+    _print_what(
+        console,
+        handle.id,
+        created,
+        f"a batch of {request.order_count:,} orders (pages of {request.page_size:,}, "
+        f"{request.pages_in_flight} at once), {when.text()}.",
     )
     ids = (
         f"The batch's id is {example}"
@@ -427,20 +426,24 @@ async def create_cleanup_schedule(
     """`payloads.py gc --yes --every | --schedule`: create or update, then say what it does."""
     handle, created = await schedule_clean_up(client, request, when, schedule_id=schedule_id)
     next_times = (await handle.describe()).info.next_action_times
-    console.print(
-        Text.assemble(
-            f"{'Created' if created else 'Updated'} schedule ",
-            (handle.id, "bold"),
-            f": {when.text()}, a worker deletes the payloads under {request.key_prefix} whose "
-            "run is gone, or closed and past retention, and unused for "
-            f"{request.grace_minutes} minutes, as payloads.py gc --yes does.",
-        )
+    _print_what(
+        console,
+        handle.id,
+        created,
+        f"{when.text()}, a worker deletes the payloads under {request.key_prefix} whose run is "
+        f"gone, or closed and past retention, and unused for {request.grace_minutes} minutes, "
+        "as payloads.py gc --yes does.",
     )
     console.print(
         "A clean-up that falls due while one runs is skipped, and missed ones are not made up. "
         "Each run logs what it deleted in the worker's log and returns it as its result."
     )
     _print_next_and_commands(console, client, handle.id, next_times)
+
+
+def _print_what(console: Console, schedule_id: str, created: bool, what: str) -> None:
+    verb = "Created" if created else "Updated"
+    console.print(Text.assemble(f"{verb} schedule ", (schedule_id, "bold"), f": {what}"))
 
 
 def _print_next_and_commands(

@@ -88,6 +88,13 @@ def started(action: ScheduleActionResult) -> ScheduleActionExecutionStartWorkflo
     return action.action
 
 
+async def trigger_once(schedule: ScheduleHandle) -> str:
+    """Trigger a Schedule that has not run yet; the workflow id of the run it starts."""
+    await schedule.trigger()
+    [action] = await wait_for_actions(schedule, 1)
+    return started(action).workflow_id
+
+
 async def start_time(handle: WorkflowHandle[Any, Any]) -> datetime:
     """When the server started the run: its first event's time."""
     [first, *_] = await history(handle)
@@ -291,10 +298,8 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
     )  # fmt: skip
     try:
         async with build_worker(client, task_queue=schedule_id):
-            await handle.trigger()
-            [action] = await wait_for_actions(handle, 1)
             cleanup = client.get_workflow_handle_for(
-                PayloadCleanupWorkflow.run, started(action).workflow_id
+                PayloadCleanupWorkflow.run, await trigger_once(handle)
             )
             report = await cleanup.result()
     finally:
@@ -389,11 +394,9 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
             assert result.returncode == 0, result.stdout + result.stderr
             assert f"temporal schedule delete --schedule-id {command[-1]}" in result.stdout
 
-        batches = client.get_schedule_handle(batches_id)
-        await batches.trigger()
-        [action] = await wait_for_actions(batches, 1)
         launcher = client.get_workflow_handle_for(
-            ScheduledOrderBatchWorkflow.run, started(action).workflow_id
+            ScheduledOrderBatchWorkflow.run,
+            await trigger_once(client.get_schedule_handle(batches_id)),
         )
         outcome = await launcher.result()
         assert outcome.processed and outcome.summary == undisturbed_summary(
@@ -412,11 +415,8 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
             payload = Payload.FromString(value)
             assert payload.metadata["encoding"] == ENCRYPTED_ENCODING, key
 
-        cleanups = client.get_schedule_handle(cleanup_id)
-        await cleanups.trigger()
-        [action] = await wait_for_actions(cleanups, 1)
         report = await client.get_workflow_handle_for(
-            PayloadCleanupWorkflow.run, started(action).workflow_id
+            PayloadCleanupWorkflow.run, await trigger_once(client.get_schedule_handle(cleanup_id))
         ).result()
         # Every run is retained (or running): nothing goes, and every node was read.
         assert report.deleted_payloads == 0 and report.kept_payloads >= len(stored)
