@@ -3,15 +3,19 @@
     uv run payloads.py list [--workflow-id ID]   what is stored, per workflow: count, bytes, TTL
     uv run payloads.py gc [--yes]                 delete payloads whose workflow run is gone or
                                                   closed and past the namespace's retention
+    uv run payloads.py gc --yes --every 6h        the same on a Temporal Schedule (or --schedule
+                                                  CRON), run by the worker
 
 Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
-does not block Redis. `gc` is a dry run unless `--yes` is given.
+does not block Redis. `gc` is a dry run unless `--yes` is given. The scheduled clean-up is the
+``collect_payload_garbage`` activity below; it runs the same :func:`collect_garbage`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -21,16 +25,34 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio
 from rich.console import Console
 from rich.table import Table
+from temporalio import activity
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.converter import DataConverter
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, connect_temporal, load_settings, open_redis
+from config import (
+    ConfigError,
+    connect_temporal,
+    exit_without_finalizing,
+    load_settings,
+    open_redis,
+)
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
+from scheduled_workflows import (
+    CLEANUP_ACTIVITY,
+    CleanedRun,
+    PayloadCleanupReport,
+    PayloadCleanupRequest,
+)
+from schedules import add_schedule_arguments, cleanup_schedule_command, when_from_args
 
 SCAN_COUNT = 1000
 DEFAULT_GRACE_MINUTES = 60
+# The scheduled clean-up lists this many deleted runs in its report and counts the rest.
+RUNS_REPORTED = 100
+HEARTBEAT_SECONDS = 10
 
 RedisClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
@@ -375,6 +397,43 @@ def gc_table(runs: Sequence[GcRun], key_prefix: str) -> Table:
     return table
 
 
+@dataclass(frozen=True)
+class GcOutcome:
+    """What one clean-up decided, run by run, and how many payloads it deleted."""
+
+    runs: list[GcRun]
+    deleted: int  # payloads UNLINKed; 0 on a dry run
+
+    @property
+    def doomed(self) -> list[GcRun]:
+        """The runs whose payloads may go (on a dry run: would go)."""
+        return [run for run in self.runs if run.verdict.delete]
+
+    @property
+    def doomed_payloads(self) -> int:
+        return sum(len(run.group.keys) for run in self.doomed)
+
+    @property
+    def doomed_bytes(self) -> int:
+        return sum(run.group.size_bytes for run in self.doomed)
+
+
+async def collect_garbage(
+    redis_client: RedisClient,
+    client: Client,
+    key_prefix: str,
+    *,
+    delete: bool,
+    grace: timedelta = timedelta(minutes=DEFAULT_GRACE_MINUTES),
+    now: datetime | None = None,
+) -> GcOutcome:
+    """The clean-up that `payloads.py gc` and the scheduled clean-up both run: plan run by run
+    (:func:`plan_gc`), then, with ``delete``, UNLINK what the plan allows."""
+    runs = await plan_gc(redis_client, client, key_prefix, grace=grace, now=now)
+    deleted = await delete_payloads(redis_client, runs) if delete else 0
+    return GcOutcome(runs, deleted)
+
+
 async def gc(
     redis_client: RedisClient,
     client: Client,
@@ -384,25 +443,109 @@ async def gc(
     yes: bool,
     grace: timedelta,
 ) -> None:
-    """Plan, show the plan, and delete only with ``yes``."""
-    runs = await plan_gc(redis_client, client, key_prefix, grace=grace)
-    doomed = [run for run in runs if run.verdict.delete]
-    count = sum(len(run.group.keys) for run in doomed)
-    size = sum(run.group.size_bytes for run in doomed)
-    console.print(gc_table(runs, key_prefix))
+    """Plan, delete only with ``yes``, and show the plan."""
+    outcome = await collect_garbage(redis_client, client, key_prefix, delete=yes, grace=grace)
+    count, size, runs = outcome.doomed_payloads, outcome.doomed_bytes, len(outcome.doomed)
+    console.print(gc_table(outcome.runs, key_prefix))
     address = client.service_client.config.target_host
     checked = f"checked against namespace {client.namespace} at {address}"
     if not yes:
         console.print(
             f"Dry run ({checked}): would delete {_count(count, 'payload')} ({size:,} bytes) "
-            f"of {_count(len(doomed), 'run')}."
+            f"of {_count(runs, 'run')}."
             + (" Run again with --yes to delete them." if count else "")
         )
         return
-    deleted = await delete_payloads(redis_client, runs)
     console.print(
-        f"Deleted {_count(deleted, 'payload')} ({size:,} bytes) of "
-        f"{_count(len(doomed), 'run')} ({checked})."
+        f"Deleted {_count(outcome.deleted, 'payload')} ({size:,} bytes) of "
+        f"{_count(runs, 'run')} ({checked})."
+    )
+
+
+class PayloadCleanup:
+    """The scheduled clean-up's activity: :func:`collect_garbage` with ``--yes``, on a worker.
+
+    It judges runs with the worker's Temporal client (so its namespace), and opens its own
+    connection to ``REDIS_URL``, the Redis that the worker's storage driver writes to.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @activity.defn(name=CLEANUP_ACTIVITY)
+    async def collect_payload_garbage(self, request: PayloadCleanupRequest) -> PayloadCleanupReport:
+        try:
+            redis_client = await open_redis(load_settings().redis_url)
+        except ConfigError as err:
+            raise ApplicationError(str(err), type="RedisUnavailableError") from None  # retried
+        try:
+            async with _heartbeating():
+                outcome = await collect_garbage(
+                    redis_client,
+                    self._client,
+                    request.key_prefix,
+                    delete=True,
+                    grace=timedelta(minutes=request.grace_minutes),
+                    now=request.as_of,
+                )
+        finally:
+            await redis_client.aclose()
+            _empty_pool(redis_client)
+        report = cleanup_report(outcome)
+        activity.logger.info(
+            "Payload clean-up under %s: deleted %s (%s bytes) of %s; kept %s.",
+            request.key_prefix,
+            _count(report.deleted_payloads, "payload"),
+            f"{report.deleted_bytes:,}",
+            _count(len(outcome.doomed), "run"),
+            _count(report.kept_payloads, "payload"),
+        )
+        return report
+
+
+def _empty_pool(redis_client: RedisClient) -> None:
+    """Forget a closed client's connections now, on the event loop. redis-py's ConnectionPool
+    finalizer imports a module when its pool still lists connections; the garbage collector
+    can run it on a workflow task's thread, where that import goes through the workflow
+    sandbox (warnings in the worker's log, and redis imported again inside the sandbox)."""
+    if isinstance(redis_client, redis.asyncio.Redis):  # a cluster's nodes keep no pool
+        redis_client.connection_pool.reset()  # type: ignore[no-untyped-call]
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the block runs, so a lost worker is noticed and a cancel arrives."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def cleanup_report(outcome: GcOutcome) -> PayloadCleanupReport:
+    """What a clean-up deleted, small enough to return from a workflow."""
+    doomed = outcome.doomed
+    return PayloadCleanupReport(
+        deleted_payloads=outcome.deleted,
+        deleted_bytes=outcome.doomed_bytes,
+        kept_payloads=sum(len(run.group.keys) for run in outcome.runs) - outcome.doomed_payloads,
+        deleted_runs=[
+            CleanedRun(
+                run.group.owner,
+                run.run_id,
+                len(run.group.keys),
+                run.group.size_bytes,
+                run.verdict.reason,
+            )
+            for run in doomed[:RUNS_REPORTED]
+        ],
+        runs_not_listed=max(0, len(doomed) - RUNS_REPORTED),
     )
 
 
@@ -466,11 +609,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep payloads read or written this recently "
         f"(default {DEFAULT_GRACE_MINUTES}; covers a start that is still in flight)",
     )
-    return parser.parse_args(argv)
+    add_schedule_arguments(gc_parser, one_off=False)
+    args = parser.parse_args(argv)
+    args.when = when_from_args(gc_parser, args) if args.command == "gc" else None
+    if args.when is not None and not args.yes:
+        gc_parser.error(
+            "a scheduled clean-up deletes payloads every time it runs; add --yes to say so, "
+            "or leave out --schedule and --every for a dry run now"
+        )
+    return args
 
 
 if __name__ == "__main__":
     cli_args = parse_args()
+    if cli_args.when is not None:
+        exit_without_finalizing(cleanup_schedule_command(cli_args, cli_args.when))
     try:
         sys.exit(asyncio.run(main(cli_args, Console())))
     except ConfigError as err:

@@ -1,5 +1,7 @@
 """Start one order batch and report on it:
 `uv run starter.py [--orders N] [--page-size N] [--pages-in-flight N] [--batch-id ID]`.
+Add `--schedule CRON`, `--every DURATION` or `--start-at TIME` to run batches on a Temporal
+Schedule instead (schedules.py).
 
 Neighbours: workflows.py, models.py, config.py, report.py.
 """
@@ -36,6 +38,7 @@ from models import (
     OrderBatchRequest,
 )
 from report import payload_report, payload_table, summary_table
+from schedules import add_schedule_arguments, batch_schedule_command, when_from_args
 from workflows import ProcessOrderBatchWorkflow
 
 # Large enough that the order list stays over 256 KiB after compression and goes to Redis.
@@ -281,7 +284,16 @@ async def main(request: OrderBatchRequest) -> int:
 if __name__ == "__main__":
     arg_parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_batch_arguments(arg_parser)
-    batch_request = request_from_args(arg_parser.parse_args())
+    add_schedule_arguments(arg_parser, one_off=True)
+    cli_args = arg_parser.parse_args()
+    when = when_from_args(arg_parser, cli_args)
+    if when is not None:
+        exit_without_finalizing(
+            batch_schedule_command(
+                arg_parser, cli_args, when, max_batch_id_length=MAX_BATCH_ID_LENGTH
+            )
+        )
+    batch_request = request_from_args(cli_args)
     errors = Console(stderr=True)
     try:
         exit_code = asyncio.run(main(batch_request))

@@ -36,7 +36,9 @@ from config import (
 )
 from models import TASK_QUEUE
 from payload_metrics import prometheus_runtime
+from payloads import PayloadCleanup
 from redis_checks import payload_risks_at
+from scheduled_workflows import PayloadCleanupWorkflow, ScheduledOrderBatchWorkflow
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
 console = Console(stderr=True)
@@ -49,12 +51,19 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 def build_worker(client: Client, *, task_queue: str = TASK_QUEUE) -> Worker:
-    """The sample's worker: two workflows, two activities, one task queue."""
+    """The sample's worker, on one task queue: the batch and page workflows with their two
+    activities, and what the Schedules start (schedules.py): a scheduled batch, and the payload
+    clean-up with its activity, which judges runs with ``client``."""
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow],
-        activities=[fetch_orders, process_orders],
+        workflows=[
+            ProcessOrderBatchWorkflow,
+            ProcessOrderPageWorkflow,
+            ScheduledOrderBatchWorkflow,
+            PayloadCleanupWorkflow,
+        ],
+        activities=[fetch_orders, process_orders, PayloadCleanup(client).collect_payload_garbage],
         activity_executor=activity_executor(),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Send heartbeats at least every second, so a cancel reaches process_orders promptly.
