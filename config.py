@@ -203,6 +203,18 @@ async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisClust
     return client
 
 
+async def close_redis(client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> None:
+    """Close a client from :func:`open_redis` and forget its connections at once.
+
+    redis-py's pool finalizer imports a module when the pool still lists connections; the
+    garbage collector can run it on a workflow task's thread, where that import goes through
+    the workflow sandbox (warnings in the worker's log, redis imported again in the sandbox).
+    """
+    await client.aclose()
+    if isinstance(client, redis.asyncio.Redis):  # a cluster's nodes keep no such pool
+        client.connection_pool.reset()  # type: ignore[no-untyped-call]
+
+
 @contextlib.asynccontextmanager
 async def data_converter(
     settings: Settings, *, metric_meter: MetricMeter | None = None
@@ -219,7 +231,7 @@ async def data_converter(
             encryption_keys=settings.encryption_keys,
         )
     finally:
-        await redis_client.aclose()
+        await close_redis(redis_client)
 
 
 @contextlib.asynccontextmanager

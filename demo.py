@@ -30,6 +30,7 @@ from codec_server import build_app, serve
 from config import (
     DEFAULT_REDIS_URL,
     ConfigError,
+    close_redis,
     connected_client,
     exit_without_finalizing,
     load_settings,
@@ -115,7 +116,7 @@ async def any_redis() -> AsyncIterator[str]:
     """REDIS_URL if it answers, else a `redis-server` of our own, else fakeredis in-process."""
     url = load_settings().redis_url
     with contextlib.suppress(ConfigError):
-        await (await open_redis(url)).aclose()
+        await close_redis(await open_redis(url))
         console.print(f"Redis: using {redact_url(url)}")
         yield url
         return

@@ -34,6 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from config import (
     ConfigError,
+    close_redis,
     connect_temporal,
     exit_without_finalizing,
     load_settings,
@@ -489,8 +490,7 @@ class PayloadCleanup:
                     now=request.as_of,
                 )
         finally:
-            await redis_client.aclose()
-            _empty_pool(redis_client)
+            await close_redis(redis_client)
         report = cleanup_report(outcome)
         activity.logger.info(
             "Payload clean-up under %s: deleted %s (%s bytes) of %s; kept %s.",
@@ -501,15 +501,6 @@ class PayloadCleanup:
             _count(report.kept_payloads, "payload"),
         )
         return report
-
-
-def _empty_pool(redis_client: RedisClient) -> None:
-    """Forget a closed client's connections now, on the event loop. redis-py's ConnectionPool
-    finalizer imports a module when its pool still lists connections; the garbage collector
-    can run it on a workflow task's thread, where that import goes through the workflow
-    sandbox (warnings in the worker's log, and redis imported again inside the sandbox)."""
-    if isinstance(redis_client, redis.asyncio.Redis):  # a cluster's nodes keep no pool
-        redis_client.connection_pool.reset()  # type: ignore[no-untyped-call]
 
 
 @contextlib.asynccontextmanager
@@ -569,7 +560,7 @@ async def main(args: argparse.Namespace, console: Console) -> int:
                 grace=timedelta(minutes=args.grace_minutes),
             )
     finally:
-        await redis_client.aclose()
+        await close_redis(redis_client)
     return 0
 
 

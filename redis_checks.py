@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from config import open_redis
+from config import close_redis, open_redis
 
 
 async def payload_risks_at(redis_url: str) -> list[str]:
@@ -13,7 +13,7 @@ async def payload_risks_at(redis_url: str) -> list[str]:
     try:
         return await payload_risks(client)
     finally:
-        await client.aclose()
+        await close_redis(client)
 
 
 async def payload_risks(client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> list[str]:

@@ -30,7 +30,7 @@ from bench._common import (
     worker_process,
 )
 from codec import make_data_converter
-from config import ConfigError, open_redis
+from config import ConfigError, close_redis, open_redis
 from models import OrderBatchRequest
 from starter import DEFAULT_ORDER_COUNT, start_batch
 
@@ -83,7 +83,7 @@ async def run(batches: int, orders: int) -> ConcurrencyResult:
             keys = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
             redis_bytes = sum([await redis_client.strlen(key) for key in keys])
         finally:
-            await redis_client.aclose()
+            await close_redis(redis_client)
     return ConcurrencyResult(
         machine=machine(),
         batches=batches,

@@ -34,7 +34,7 @@ from bench._common import (
     worker_process,
 )
 from codec import make_data_converter
-from config import ConfigError, connect_temporal, open_redis
+from config import ConfigError, close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
 from starter import start_batch
 
@@ -86,7 +86,7 @@ async def run(small: int, large: int, samples: int) -> LatencyResult:
             with worker_process(address, redis_url):
                 idle, loaded = await measure(client, small, large, samples)
         finally:
-            await redis_client.aclose()
+            await close_redis(redis_client)
     idle_median, loaded_median = statistics.median(idle), statistics.median(loaded)
     return LatencyResult(
         machine=machine(),

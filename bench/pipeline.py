@@ -48,7 +48,7 @@ from bench._common import (
 )
 from bench.filler import filler_page
 from codec import ZSTD_LEVEL, make_data_converter
-from config import open_redis
+from config import close_redis, open_redis
 from json_converter import gc_paused
 from models import OrderPage
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
@@ -385,7 +385,7 @@ async def run(data_sets: dict[str, list[int]], rounds: int) -> PipelineResult:
                             await measure_size(client, data_set, orders, rounds, status.update)
                         )
         finally:
-            await client.aclose()
+            await close_redis(client)
     levels = [
         level
         for data_set, sizes in data_sets.items()

@@ -39,7 +39,7 @@ from bench._common import (
     worker_process,
 )
 from codec import make_data_converter
-from config import ConfigError, connect_temporal, open_redis
+from config import ConfigError, close_redis, connect_temporal, open_redis
 from models import DEFAULT_PAGE_SIZE
 from report import batch_histories, payload_report
 from starter import workflow_id_for
@@ -147,7 +147,7 @@ async def run(sizes: list[int], page_size: int) -> ScaleResult:
                     await redis_client.flushdb()
                     results.append(await measure(client, address, redis_url, orders, page_size))
         finally:
-            await redis_client.aclose()
+            await close_redis(redis_client)
     time_ratio = orders_ratio = None
     if len(results) >= 2:
         time_ratio = round(results[-1].wall_seconds / results[-2].wall_seconds, 2)

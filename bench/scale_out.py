@@ -35,7 +35,7 @@ from bench._common import (
     worker_process,
 )
 from codec import make_data_converter
-from config import connect_temporal, open_redis
+from config import close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
 from report import batch_histories
 from starter import start_batch
@@ -84,7 +84,7 @@ async def run(orders: int, pages_in_flight: int, rounds: int) -> ScaleOutResult:
                                 await wall_seconds(client, orders, pages_in_flight)
                             )
         finally:
-            await redis_client.aclose()
+            await close_redis(redis_client)
     one, two = statistics.median(seconds[1]), statistics.median(seconds[2])
     return ScaleOutResult(
         machine=machine(),
