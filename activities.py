@@ -1,12 +1,13 @@
 """Activities: fetch one page of a batch's orders, then price the shipping of every order.
 
-Both are plain ``def`` functions, run by the worker on a thread pool, so their CPU-bound work
+Both are plain ``def`` methods, run by the worker on a thread pool, so their CPU-bound work
 never blocks the worker's event loop, where heartbeats, polling and other batches run. For the
 same reason they convert the order list (an ``OrderPage``) to and from its JSON payload
 themselves, in their thread: the SDK then only compresses, stores and fetches bytes on the
 event loop. A page lost from Redis reaches ``process_orders`` as a placeholder whose decoding
 raises the non-retryable ``PayloadNotFoundError``, so the batch fetches the page again at once.
-Neighbours: models.py, sample_data.py (the order source), json_converter.py (``gc_paused``).
+Where orders come from is passed in: your order database; in this sample, generated orders
+(extras/sample_data.py). Neighbours: models.py, json_converter.py (``gc_paused``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from temporalio import activity
@@ -22,14 +24,15 @@ from temporalio.common import RawValue
 
 from json_converter import gc_paused
 from models import Order, OrderPage, OrderPageRequest, PageSummary
-from sample_data import generate_orders
 
 # Heartbeat at least this often while pricing, so a cancel or a lost worker is noticed
 # quickly (the server's throttle sends at most one a second).
 HEARTBEAT_SECONDS = 0.5
 # Simulated per-order carrier-rate lookup in milliseconds (default 0): makes a small batch run
-# long enough to watch heartbeats, cancellation and a killed worker. config.py validates it.
+# long enough to watch heartbeats, cancellation and a killed worker.
 CARRIER_LATENCY_VARIABLE = "CARRIER_LOOKUP_LATENCY_MS"
+# (batch id, index of the first order, how many) -> those orders, the same on every call.
+OrderSource = Callable[[str, int, int], list[Order]]
 # Shipping zone from the warehouse in Columbus, Ohio.
 SHIPPING_ZONES = {"OH": 1, "IN": 2, "MI": 2, "PA": 2, "IL": 3, "NY": 3, "NC": 3, "GA": 4,
                   "MA": 4, "MN": 4, "FL": 5, "TX": 5, "CO": 6, "AZ": 7, "WA": 8, "CA": 8,
@@ -50,55 +53,76 @@ def shipping_quote(order: Order) -> tuple[int, int, int]:
     return cost_cents, grams, transit_days + (1 if grams > HEAVY_PARCEL_GRAMS else 0)
 
 
-@activity.defn
-def fetch_orders(page: OrderPageRequest) -> RawValue:
-    """Load one page of the batch's orders, as an ``OrderPage`` payload. A real service would
-    query its order database here."""
-    activity.logger.info(
-        "Fetching page %d of %d of batch %r: %d orders",
-        page.page,
-        page.page_count,
-        page.batch_id,
-        page.order_count,
-    )
-    # No reference cycles here, so the cycle collector would only rescan the growing list.
-    with gc_paused():
-        orders = generate_orders(page.batch_id, page.first_order, page.order_count)
-    order_page = OrderPage(page.batch_id, page.page, page.first_order, orders)
-    return RawValue(activity.payload_converter().to_payload(order_page))
+def carrier_lookup_seconds(env: Mapping[str, str] = os.environ) -> float:
+    """The simulated lookup per order, from ``CARRIER_LOOKUP_LATENCY_MS``; ``ValueError``
+    with one sentence for anything but a whole number from 0 to 10000."""
+    raw = env.get(CARRIER_LATENCY_VARIABLE) or "0"
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and int(raw) <= 10_000):
+        raise ValueError(
+            f"{CARRIER_LATENCY_VARIABLE}={raw[:60]!r} is not a whole number from 0 to 10000; "
+            "fix or unset it."
+        )
+    return int(raw) / 1000
 
 
-@activity.defn
-def process_orders(orders: RawValue) -> PageSummary:
-    """Price the shipping of every order of an ``OrderPage`` payload and add up the page,
-    heartbeating as it goes.
+class OrderActivities:
+    """The batch's two activities, over a source of orders."""
 
-    A retry resumes after the last heartbeat: pricing is a pure function of the orders, and
-    a retry gets the very same orders, so the totals so far still hold.
-    """
-    with gc_paused():
-        page = activity.payload_converter().from_payload(orders.payload, OrderPage)
-    done, totals = _resumed()
-    cost_cents, grams, days = (
-        totals.total_shipping_cost_cents,
-        totals.total_weight_grams,
-        totals.total_delivery_days,
-    )
-    states = Counter(totals.orders_per_state)
-    lookup_seconds = int(os.environ.get(CARRIER_LATENCY_VARIABLE) or 0) / 1000
-    next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
-    for index in range(done, len(page.orders)):
-        order = page.orders[index]
-        if lookup_seconds:
-            time.sleep(lookup_seconds)
-        order_cost, order_grams, order_days = shipping_quote(order)
-        cost_cents, grams, days = cost_cents + order_cost, grams + order_grams, days + order_days
-        states[order.customer.address.state] += 1
-        if time.monotonic() >= next_heartbeat:
-            # A cancel arrives with a heartbeat's response and is raised in this thread.
-            activity.heartbeat(index + 1, _summary(index + 1, cost_cents, grams, days, states))
-            next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
-    return _summary(len(page.orders), cost_cents, grams, days, states)
+    def __init__(self, load_orders: OrderSource) -> None:
+        self._load_orders = load_orders
+
+    @activity.defn(name="fetch_orders")
+    def fetch_orders(self, page: OrderPageRequest) -> RawValue:
+        """Load one page of the batch's orders, as an ``OrderPage`` payload."""
+        activity.logger.info(
+            "Fetching page %d of %d of batch %r: %d orders",
+            page.page,
+            page.page_count,
+            page.batch_id,
+            page.order_count,
+        )
+        # No reference cycles here, so the cycle collector would only rescan the growing list.
+        with gc_paused():
+            orders = self._load_orders(page.batch_id, page.first_order, page.order_count)
+        order_page = OrderPage(page.batch_id, page.page, page.first_order, orders)
+        return RawValue(activity.payload_converter().to_payload(order_page))
+
+    @activity.defn(name="process_orders")
+    def process_orders(self, orders: RawValue) -> PageSummary:
+        """Price the shipping of every order of an ``OrderPage`` payload and add up the page,
+        heartbeating as it goes.
+
+        A retry resumes after the last heartbeat: pricing is a pure function of the orders,
+        and a retry gets the very same orders, so the totals so far still hold.
+        """
+        with gc_paused():
+            page = activity.payload_converter().from_payload(orders.payload, OrderPage)
+        done, totals = _resumed()
+        cost_cents, grams, days = (
+            totals.total_shipping_cost_cents,
+            totals.total_weight_grams,
+            totals.total_delivery_days,
+        )
+        states = Counter(totals.orders_per_state)
+        lookup_seconds = carrier_lookup_seconds()
+        next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        for index in range(done, len(page.orders)):
+            order = page.orders[index]
+            if lookup_seconds:
+                time.sleep(lookup_seconds)
+            order_cost, order_grams, order_days = shipping_quote(order)
+            cost_cents, grams, days = (
+                cost_cents + order_cost,
+                grams + order_grams,
+                days + order_days,
+            )
+            states[order.customer.address.state] += 1
+            if time.monotonic() >= next_heartbeat:
+                # A cancel arrives with a heartbeat's response and is raised in this thread.
+                done_so_far = _summary(index + 1, cost_cents, grams, days, states)
+                activity.heartbeat(index + 1, done_so_far)
+                next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        return _summary(len(page.orders), cost_cents, grams, days, states)
 
 
 def _summary(count: int, cost: int, grams: int, days: int, states: Counter[str]) -> PageSummary:

@@ -1,39 +1,16 @@
-"""Compression codec and the one DataConverter factory shared by every part of the sample.
-
-Encode path: value -> JSON payload -> zstd-compressed payload -> (optionally) AES-GCM
-encrypted payload -> (if still at or over the threshold) stored in Redis, with a small
-claim-check reference left in history.
-Decode path: the same steps in reverse.
+"""A zstd payload codec: compresses every payload's data, deterministically, and decompresses
+within a bound, so a small hostile payload cannot make a process allocate gigabytes.
+Self-contained: it needs only ``zstandard`` and ``temporalio``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import zstandard
 from temporalio.api.common.v1 import Payload
-from temporalio.common import MetricMeter
-from temporalio.converter import (
-    CompositePayloadConverter,
-    DataConverter,
-    ExternalStorage,
-    PayloadCodec,
-    StorageDriver,
-    StorageDriverSelectContext,
-)
+from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError
-
-from encryption import EncryptionCodec, EncryptionKey
-from json_converter import MsgspecPayloadConverter
-from payload_metrics import MeteredStorageDriver
-from placeholders import PlaceholderOnFailure, PlaceholderPayloadConverter
-from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, new_redis_asyncio_client
-
-if TYPE_CHECKING:
-    import redis.asyncio
 
 # The current format compresses only payload.data and keeps the metadata, renaming the
 # encoding; the earlier one compressed the whole serialized payload. Both are read.
@@ -43,7 +20,9 @@ INNER_ENCODING_KEY = "zstd-inner-encoding"
 # Level 2, measured by bench/pipeline.py: on order JSON within 1% of level 3's size and as
 # fast as level 1; on random text 2.4x faster than level 3 and as small.
 ZSTD_LEVEL = 2
-DEFAULT_PAYLOAD_SIZE_THRESHOLD = 256 * 1024
+# The Redis driver's default max_payload_size: nothing larger is stored, so nothing larger
+# needs to be decompressed.
+DEFAULT_MAX_DECOMPRESSED_SIZE = 50 * 1024 * 1024
 
 
 class ZstdCodec(PayloadCodec):
@@ -61,7 +40,7 @@ class ZstdCodec(PayloadCodec):
     not compressed, so nothing this codec writes is beyond what it reads.
     """
 
-    def __init__(self, *, max_decompressed_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+    def __init__(self, *, max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE) -> None:
         if max_decompressed_size <= 0:
             raise ValueError(
                 f"max_decompressed_size must be greater than zero, got {max_decompressed_size}."
@@ -108,7 +87,7 @@ class ZstdCodec(PayloadCodec):
         except Exception as err:
             raise ApplicationError(
                 f"A {encoding.decode()} payload of {len(payload.data):,} bytes is corrupted "
-                f"or truncated and cannot be decompressed ({_one_line(err)}); it was changed "
+                f"or truncated and cannot be decompressed ({err}); it was changed "
                 "after it was written, so re-run the work that produced it.",
                 type="PayloadDecodeError",
                 non_retryable=True,
@@ -155,123 +134,9 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]
-
-
 def _too_large(what: str) -> ApplicationError:
     return ApplicationError(
         f"A zstd-compressed payload {what}.",
         type="PayloadTooLargeError",
         non_retryable=True,
     )
-
-
-class CodecChain(PayloadCodec):
-    """Applies codecs in order when encoding and in reverse order when decoding."""
-
-    def __init__(self, codecs: Sequence[PayloadCodec]) -> None:
-        self._codecs = list(codecs)
-
-    @property
-    def codecs(self) -> Sequence[PayloadCodec]:
-        """The codecs in encoding order."""
-        return self._codecs
-
-    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        encoded = list(payloads)
-        for codec in self._codecs:
-            encoded = await codec.encode(encoded)
-        return encoded
-
-    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        decoded = list(payloads)
-        for codec in reversed(self._codecs):
-            decoded = await codec.decode(decoded)
-        return decoded
-
-
-class SamplePayloadConverter(CompositePayloadConverter):
-    """The SDK's default converters, ``json/plain`` by msgspec, and unreadable-payload
-    placeholders (see placeholders.py) that raise their error when decoded."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            PlaceholderPayloadConverter(), *MsgspecPayloadConverter().converters.values()
-        )
-
-
-def make_data_converter(
-    redis_client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
-    *,
-    payload_size_threshold: int = DEFAULT_PAYLOAD_SIZE_THRESHOLD,
-    key_prefix: str = "temporalio:payloads",
-    ttl: timedelta | None = None,
-    driver_name: str = "redis",
-    retrieve_only: Sequence[StorageDriver] = (),
-    keep_inline: Callable[[StorageDriverSelectContext, Payload], bool] | None = None,
-    metric_meter: MetricMeter | None = None,
-    max_payload_size: int = 50 * 1024 * 1024,
-    encryption_keys: Sequence[EncryptionKey] = (),
-) -> DataConverter:
-    """Build the DataConverter that the worker, starter, demo and tests all use.
-
-    Payloads are compressed first; those still at or over ``payload_size_threshold``
-    bytes go to Redis. The caller owns ``redis_client`` and closes it.
-
-    Migrating: new payloads are stored by the ``driver_name`` driver; drivers in
-    ``retrieve_only`` (e.g. the old name or the old Redis) only read existing claims.
-    ``keep_inline`` returns True for payloads that stay in history despite their size.
-    ``max_payload_size`` bounds both what the driver stores and what the codec decompresses.
-    ``metric_meter`` records payloads offloaded and fetched (see payload_metrics.py).
-    With ``encryption_keys`` every payload is also encrypted after compression (the first
-    key encrypts, all decrypt; see encryption.py).
-    """
-    drivers: list[StorageDriver] = [
-        RedisStorageDriver(
-            new_redis_asyncio_client(redis_client),
-            driver_name=driver_name,
-            key_prefix=key_prefix,
-            ttl=ttl,
-            max_payload_size=max_payload_size,
-        ),
-        *retrieve_only,
-    ]
-    if metric_meter is not None:
-        drivers = [MeteredStorageDriver(driver, metric_meter) for driver in drivers]
-    # A payload lost for good reads back as a placeholder that raises when decoded.
-    drivers = [PlaceholderOnFailure(driver) for driver in drivers]
-    store_driver = drivers[0]
-
-    def select_driver(
-        context: StorageDriverSelectContext, payload: Payload
-    ) -> StorageDriver | None:
-        return None if keep_inline and keep_inline(context, payload) else store_driver
-
-    # Always in the chain: without keys it encrypts nothing, but a payload encrypted elsewhere
-    # then fails at once, naming the key id it needs, instead of failing to decode forever.
-    codec = CodecChain(
-        [ZstdCodec(max_decompressed_size=max_payload_size), EncryptionCodec(encryption_keys)]
-    )
-    return dataclasses.replace(
-        DataConverter.default,
-        payload_converter_class=SamplePayloadConverter,
-        payload_codec=codec,
-        external_storage=ExternalStorage(
-            drivers=drivers,
-            driver_selector=select_driver,
-            payload_size_threshold=payload_size_threshold,
-        ),
-    )
-
-
-async def original_size(codec: PayloadCodec | None, payload: Payload) -> int | None:
-    """The size of ``payload`` before ``codec`` encoded it, without decompressing it: the
-    zstd frame header declares it. Layers after compression (encryption) are undone first.
-    ``None`` if a frame does not declare its size."""
-    layers = list(codec.codecs) if isinstance(codec, CodecChain) else [codec] if codec else []
-    for layer in reversed(layers):
-        if isinstance(layer, ZstdCodec):
-            return ZstdCodec.decoded_size(payload)
-        [payload] = await layer.decode([payload])
-    return payload.ByteSize()

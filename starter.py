@@ -29,7 +29,15 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, connected_client, exit_without_finalizing, load_settings, one_line
+from extras.report import payload_report, payload_table, summary_table
+from extras.schedules import add_schedule_arguments, batch_schedule_command, when_from_args
+from extras.settings import (
+    ConfigError,
+    connected_client,
+    exit_without_finalizing,
+    load_settings,
+    one_line,
+)
 from models import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_PAGES_IN_FLIGHT,
@@ -37,8 +45,6 @@ from models import (
     BatchSummary,
     OrderBatchRequest,
 )
-from report import payload_report, payload_table, summary_table
-from schedules import add_schedule_arguments, batch_schedule_command, when_from_args
 from workflows import ProcessOrderBatchWorkflow
 
 # Large enough that the order list stays over 256 KiB after compression and goes to Redis.
@@ -250,7 +256,7 @@ async def _print_payload_report(
         console.print(
             Text(
                 f"... and {len(keys) - KEYS_SHOWN:,} more; list them with "
-                "uv run payloads.py list --workflow-id ID (each page's workflow id)."
+                "uv run -m extras.payloads list --workflow-id ID (each page's workflow id)."
             )
         )
     if report.problem:

@@ -1,7 +1,8 @@
 """Run the worker: `uv run worker.py [--metrics-port PORT]`. Stop it with Ctrl+C.
 
-Neighbours: workflows.py, activities.py, models.py, config.py (settings and the shared
-DataConverter).
+Neighbours: workflows.py, activities.py, models.py; extras it switches on: settings (the
+environment and the shared DataConverter), sample_data (the orders), metrics, redis_checks
+and the workflows that Schedules start (scheduled_workflows, payloads).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import fetch_orders, process_orders
-from config import (
+from activities import OrderActivities, carrier_lookup_seconds
+from extras.metrics import prometheus_runtime
+from extras.payloads import PayloadCleanup
+from extras.redis_checks import payload_risks_at
+from extras.sample_data import generate_orders
+from extras.scheduled_workflows import PayloadCleanupWorkflow, ScheduledOrderBatchWorkflow
+from extras.settings import (
     ConfigError,
     connected_client,
     exit_without_finalizing,
@@ -35,10 +41,6 @@ from config import (
     redact_url,
 )
 from models import TASK_QUEUE
-from payload_metrics import prometheus_runtime
-from payloads import PayloadCleanup
-from redis_checks import payload_risks_at
-from scheduled_workflows import PayloadCleanupWorkflow, ScheduledOrderBatchWorkflow
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
 console = Console(stderr=True)
@@ -48,6 +50,8 @@ ACTIVITY_THREADS = max(4, 2 * (os.cpu_count() or 1))
 GIL_SWITCH_INTERVAL_SECONDS = 0.001
 # On Ctrl+C, running activities get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+# The activities over this sample's generated orders; a real service passes its order database.
+ORDERS = OrderActivities(generate_orders)
 
 
 def build_worker(client: Client, *, task_queue: str = TASK_QUEUE) -> Worker:
@@ -63,7 +67,11 @@ def build_worker(client: Client, *, task_queue: str = TASK_QUEUE) -> Worker:
             ScheduledOrderBatchWorkflow,
             PayloadCleanupWorkflow,
         ],
-        activities=[fetch_orders, process_orders, PayloadCleanup(client).collect_payload_garbage],
+        activities=[
+            ORDERS.fetch_orders,
+            ORDERS.process_orders,
+            PayloadCleanup(client).collect_payload_garbage,
+        ],
         activity_executor=activity_executor(),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Send heartbeats at least every second, so a cancel reaches process_orders promptly.
@@ -118,6 +126,10 @@ def configure_logging() -> None:
 
 async def main(metrics_port: int | None = None) -> None:
     settings = load_settings()
+    try:
+        carrier_lookup_seconds()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     runtime = None
     if metrics_port is not None:
         try:
@@ -184,6 +196,8 @@ if __name__ == "__main__":
     except ConfigError as err:
         console.print(Text(f"worker: {err}", style="red"))
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl+C while starting
+        exit_without_finalizing(130)
     except Exception as err:  # anything else still ends in one sentence, never a traceback
         console.print(Text(f"worker: stopped by an unexpected error ({one_line(err)}).", "red"))
         exit_without_finalizing(1)

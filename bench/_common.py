@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from config import ConfigError, one_line
-from demo import background, free_port, temporal_cli_path
+from extras.demo import background, free_port, temporal_cli_path
+from extras.settings import ConfigError, one_line
 
 # What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
 RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster

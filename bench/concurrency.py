@@ -29,8 +29,8 @@ from bench._common import (
     temporal_dev_server,
     worker_process,
 )
-from codec import make_data_converter
-from config import ConfigError, close_redis, open_redis
+from converter import make_data_converter
+from extras.settings import ConfigError, close_redis, open_redis
 from models import OrderBatchRequest
 from starter import DEFAULT_ORDER_COUNT, start_batch
 

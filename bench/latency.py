@@ -33,8 +33,8 @@ from bench._common import (
     temporal_dev_server,
     worker_process,
 )
-from codec import make_data_converter
-from config import ConfigError, close_redis, connect_temporal, open_redis
+from converter import make_data_converter
+from extras.settings import ConfigError, close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
 from starter import start_batch
 

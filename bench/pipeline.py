@@ -47,12 +47,13 @@ from bench._common import (
     run_main,
 )
 from bench.filler import filler_page
-from codec import ZSTD_LEVEL, make_data_converter
-from config import close_redis, open_redis
+from codec import ZSTD_LEVEL
+from converter import make_data_converter
+from extras.sample_data import generate_orders
+from extras.settings import close_redis, open_redis
 from json_converter import gc_paused
 from models import OrderPage
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
-from sample_data import generate_orders
 from starter import DEFAULT_ORDER_COUNT
 
 DEFAULT_ROUNDS = 5

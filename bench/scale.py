@@ -38,10 +38,10 @@ from bench._common import (
     temporal_dev_server,
     worker_process,
 )
-from codec import make_data_converter
-from config import ConfigError, close_redis, connect_temporal, open_redis
+from converter import make_data_converter
+from extras.report import batch_histories, payload_report
+from extras.settings import ConfigError, close_redis, connect_temporal, open_redis
 from models import DEFAULT_PAGE_SIZE
-from report import batch_histories, payload_report
 from starter import workflow_id_for
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]

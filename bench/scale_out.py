@@ -34,10 +34,10 @@ from bench._common import (
     temporal_dev_server,
     worker_process,
 )
-from codec import make_data_converter
-from config import close_redis, connect_temporal, open_redis
+from converter import make_data_converter
+from extras.report import batch_histories
+from extras.settings import close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
-from report import batch_histories
 from starter import start_batch
 
 

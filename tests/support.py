@@ -21,13 +21,12 @@ from temporalio.common import RawValue
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from activities import fetch_orders, process_orders
-from codec import SamplePayloadConverter
+from converter import SamplePayloadConverter
+from extras.sample_data import generate_orders
 from models import BatchSummary, OrderBatchRequest, OrderPage, PageSummary
-from sample_data import generate_orders
 from starter import DEFAULT_ORDER_COUNT, start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR
-from worker import activity_executor
+from worker import ORDERS, activity_executor
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
 ACTIVITY_SCHEDULED = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
@@ -58,7 +57,7 @@ def from_payload(value: RawValue) -> OrderPage:
 
 def price(page: OrderPage) -> PageSummary:
     """process_orders on one page."""
-    summary: PageSummary = activity_env().run(process_orders, as_payload(page))
+    summary: PageSummary = activity_env().run(ORDERS.process_orders, as_payload(page))
     return summary
 
 
@@ -97,7 +96,7 @@ def activity_worker(client: Client, task_queue: str) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
-        activities=[fetch_orders, process_orders],
+        activities=[ORDERS.fetch_orders, ORDERS.process_orders],
         activity_executor=activity_executor(),
     )
 

@@ -9,17 +9,12 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 import activities
-from activities import (
-    SHIPPING_ZONES,
-    ZONE_RATES,
-    fetch_orders,
-    process_orders,
-    shipping_quote,
-)
+from activities import SHIPPING_ZONES, ZONE_RATES, carrier_lookup_seconds, shipping_quote
+from extras.sample_data import CATALOG, STATES, generate_orders
 from models import Address, Customer, LineItem, Order, OrderPage, OrderPageRequest, PageSummary
 from placeholders import placeholder
-from sample_data import CATALOG, STATES, generate_orders
 from tests.support import activity_env, as_payload, from_payload, price
+from worker import ORDERS
 
 
 def _order(state: str, *items: tuple[int, int]) -> Order:
@@ -43,10 +38,10 @@ def page_request(batch_id: str, first: int, count: int) -> OrderPageRequest:
 
 async def test_fetch_orders_is_deterministic_byte_for_byte() -> None:
     env = activity_env()
-    first = from_payload(env.run(fetch_orders, page_request("B-42", 0, 300)))
-    second = from_payload(env.run(fetch_orders, page_request("B-42", 0, 300)))
+    first = from_payload(env.run(ORDERS.fetch_orders, page_request("B-42", 0, 300)))
+    second = from_payload(env.run(ORDERS.fetch_orders, page_request("B-42", 0, 300)))
     assert json.dumps(asdict(first)) == json.dumps(asdict(second))
-    other = from_payload(env.run(fetch_orders, page_request("B-43", 0, 300)))
+    other = from_payload(env.run(ORDERS.fetch_orders, page_request("B-43", 0, 300)))
     assert asdict(other) != asdict(first)
     assert first.batch_id == "B-42"
     assert [o.order_id for o in first.orders][:2] == ["B-42-0000001", "B-42-0000002"]
@@ -56,7 +51,7 @@ async def test_a_page_holds_the_same_orders_as_the_whole_list_at_its_positions()
     whole = generate_orders("B-7", 0, 1_000)
     pages = [generate_orders("B-7", first, 250) for first in range(0, 1_000, 250)]
     assert [order for page in pages for order in page] == whole
-    fetched = from_payload(activity_env().run(fetch_orders, page_request("B-7", 400, 100)))
+    fetched = from_payload(activity_env().run(ORDERS.fetch_orders, page_request("B-7", 400, 100)))
     assert fetched.first_order == 400 and fetched.orders == whole[400:500]
 
 
@@ -112,7 +107,7 @@ def test_process_orders_heartbeats_progress_and_totals_so_far(
     beats: list[tuple[object, ...]] = []
     env.on_heartbeat = lambda *details: beats.append(details)
     page = OrderPage("B-2", 1, 0, generate_orders("B-2", 0, 50))
-    summary = env.run(process_orders, as_payload(page))
+    summary = env.run(ORDERS.process_orders, as_payload(page))
     assert [done for done, _ in beats] == list(range(1, 51))
     first_part = price(OrderPage("B-2", 1, 0, page.orders[:20]))
     assert beats[19][1] == first_part
@@ -130,7 +125,7 @@ def test_a_retry_resumes_after_the_last_heartbeat(monkeypatch: pytest.MonkeyPatc
     beats: list[object] = []
     env.on_heartbeat = lambda *details: beats.append(details[0])
 
-    resumed = env.run(process_orders, as_payload(page))
+    resumed = env.run(ORDERS.process_orders, as_payload(page))
 
     assert resumed == undisturbed
     assert beats == list(range(201, 301))  # the first 200 orders were not priced again
@@ -146,6 +141,14 @@ def test_page_summaries_add_up() -> None:
 def test_a_lost_order_list_fails_process_orders_at_once_naming_the_key() -> None:
     lost = ApplicationError("Payload not found in Redis: key k1.", type="PayloadNotFoundError")
     with pytest.raises(ApplicationError) as caught:
-        activity_env().run(process_orders, RawValue(placeholder(lost)))
+        activity_env().run(ORDERS.process_orders, RawValue(placeholder(lost)))
     assert caught.value.type == "PayloadNotFoundError" and caught.value.non_retryable
     assert "key k1" in caught.value.message
+
+
+@pytest.mark.parametrize("raw", ["slow", "-1", "1e3", "10001", "\u0663", "9" * 30])
+def test_a_bad_carrier_latency_is_one_sentence(raw: str) -> None:
+    with pytest.raises(ValueError, match="is not a whole number from 0 to 10000; fix or unset"):
+        carrier_lookup_seconds({"CARRIER_LOOKUP_LATENCY_MS": raw})
+    assert carrier_lookup_seconds({"CARRIER_LOOKUP_LATENCY_MS": "250"}) == 0.25
+    assert carrier_lookup_seconds({}) == 0

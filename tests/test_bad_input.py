@@ -16,10 +16,10 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
-from config import open_redis
+from converter import make_data_converter
+from extras.redis_checks import payload_risks
+from extras.settings import open_redis
 from models import TASK_QUEUE, OrderBatchRequest
-from redis_checks import payload_risks
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
 from tests.support import start_worker, undisturbed_summary, user_env
@@ -34,8 +34,9 @@ def run_script(
     script: str, *args: str, **env: str
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
+    command = [script] if script.endswith(".py") else ["-m", script]  # a file, or a module
     result = subprocess.run(
-        [sys.executable, script, *args],
+        [sys.executable, *command, *args],
         cwd=PROJECT_DIR,
         env=user_env(**{"COLUMNS": "200", **env}),
         capture_output=True,

@@ -16,8 +16,8 @@ import pytest
 import redis
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
-from config import open_redis
+from converter import make_data_converter
+from extras.settings import open_redis
 from models import OrderBatchRequest
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
@@ -107,7 +107,7 @@ async def test_batches_through_a_redis_cluster(
     for command in ("list", "gc"):
         result = await asyncio.to_thread(
             subprocess.run,
-            ["uv", "run", "payloads.py", command],
+            ["uv", "run", "-m", "extras.payloads", command],
             cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -122,7 +122,7 @@ async def test_batches_through_a_redis_cluster(
 async def test_cluster_url_on_a_plain_redis_is_one_clear_sentence(
     redis_server: RedisServer,
 ) -> None:
-    from config import ConfigError
+    from extras.settings import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         await open_redis(f"redis+cluster://127.0.0.1:{redis_server.port}")

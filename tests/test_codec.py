@@ -10,9 +10,10 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
-from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec, make_data_converter
+from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec
+from converter import make_data_converter
+from extras.sample_data import generate_orders
 from models import OrderPage
-from sample_data import generate_orders
 
 MIB = 1024 * 1024
 

@@ -38,8 +38,9 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter, StorageDriverWorkflowInfo
 from temporalio.testing import WorkflowEnvironment
 
-from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec, make_data_converter
-from codec_server import (
+from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec
+from converter import make_data_converter
+from extras.codec_server import (
     DEFAULT_MAX_BODY_SIZE,
     MARKER_FIELD,
     MAX_JSON_DEPTH,
@@ -47,11 +48,11 @@ from codec_server import (
     build_app,
     serve,
 )
-from encryption import ENCRYPTED_ENCODING
+from extras.encryption import ENCRYPTED_ENCODING
+from extras.report import storage_reference
+from extras.sample_data import generate_orders
 from models import TASK_QUEUE, OrderBatchRequest, OrderPage
 from redis_driver import DEFAULT_KEY_PREFIX, payload_key
-from report import storage_reference
-from sample_data import generate_orders
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port, temporal_cli_path
 from tests.test_end_to_end import start_kept_demo
@@ -736,7 +737,7 @@ def script_env(redis_server: RedisServer) -> dict[str, str]:
 
 def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[str, str]) -> None:
     process = subprocess.Popen(
-        ["uv", "run", "codec_server.py", "--port", str(port := free_port())],
+        ["uv", "run", "-m", "extras.codec_server", "--port", str(port := free_port())],
         cwd=PROJECT_DIR,
         env=script_env,
         stderr=subprocess.PIPE,
@@ -773,7 +774,7 @@ def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[st
 def test_the_script_explains_an_unreachable_redis(script_env: dict[str, str]) -> None:
     script_env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     result = subprocess.run(
-        ["uv", "run", "codec_server.py", "--port", str(free_port())],
+        ["uv", "run", "-m", "extras.codec_server", "--port", str(free_port())],
         cwd=PROJECT_DIR,
         env={**script_env, "COLUMNS": "300"},
         capture_output=True,
@@ -838,7 +839,8 @@ def script_server(
     port = free_port()
     with log.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "codec_server.py", "--port", str(port), "--ui-origin", UI_ORIGIN],
+            [sys.executable, "-m", "extras.codec_server", "--port", str(port),
+             "--ui-origin", UI_ORIGIN],
             cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
     try:

@@ -11,9 +11,9 @@ from rich.console import Console
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-import demo
-from codec import make_data_converter
-from config import open_redis
+import extras.demo as demo
+from converter import make_data_converter
+from extras.settings import open_redis
 from models import OrderBatchRequest
 from starter import run_batch
 from worker import build_worker

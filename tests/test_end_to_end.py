@@ -1,5 +1,5 @@
 """The sample as a new user runs it: `uv run worker.py`, `uv run starter.py`, then
-`temporal workflow show`, and `uv run demo.py`, all as real processes."""
+`temporal workflow show`, and `uv run -m extras.demo`, all as real processes."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def demo_env() -> tuple[dict[str, str], str]:
 def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
     env, marker = demo_env()
     demo = subprocess.run(
-        ["uv", "run", "demo.py", "--orders", "5000"],
+        ["uv", "run", "-m", "extras.demo", "--orders", "5000"],
         cwd=PROJECT_DIR,
         env=env,
         capture_output=True,
@@ -131,10 +131,10 @@ def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
 
 
 def start_kept_demo(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """`uv run demo.py --keep-running` in a session of its own, returned once it waits for
+    """`uv run -m extras.demo --keep-running` in a session of its own, returned once it waits for
     Ctrl+C, with what it printed until then."""
     demo = subprocess.Popen(
-        ["uv", "run", "demo.py", "--keep-running", "--orders", "200"],
+        ["uv", "run", "-m", "extras.demo", "--keep-running", "--orders", "200"],
         cwd=PROJECT_DIR,
         env=env,
         stdout=subprocess.PIPE,

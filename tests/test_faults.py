@@ -25,12 +25,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from codec import make_data_converter
-from codec_server import build_app, serve
-from config import open_redis
+from converter import make_data_converter
+from extras.codec_server import build_app, serve
+from extras.report import payloads_by_hop, storage_reference, unreadable_payloads
+from extras.sample_data import generate_orders
+from extras.settings import open_redis
 from models import OrderBatchRequest, OrderPage
-from report import payloads_by_hop, storage_reference, unreadable_payloads
-from sample_data import generate_orders
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, temporal_cli_path
 from tests.support import (

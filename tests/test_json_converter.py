@@ -19,9 +19,9 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
 from codec import ZstdCodec
+from extras.sample_data import STATES, generate_orders
 from json_converter import MsgspecJSONPlainPayloadConverter, MsgspecPayloadConverter
 from models import BatchSummary, OrderBatchRequest, OrderPage
-from sample_data import STATES, generate_orders
 
 CONVERTER = MsgspecPayloadConverter()
 SDK_DEFAULT = DataConverter.default.payload_converter

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
+from converter import make_data_converter
 from models import TASK_QUEUE, OrderBatchRequest
 from starter import workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port

@@ -17,10 +17,10 @@ from temporalio.converter import (
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from codec import make_data_converter
+from converter import make_data_converter
+from extras.report import payloads_by_hop, storage_reference
 from models import TASK_QUEUE, OrderBatchRequest
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
-from report import payloads_by_hop, storage_reference
 from starter import workflow_id_for
 from tests.conftest import client_with
 from tests.support import undisturbed_summary

@@ -12,7 +12,7 @@ import redis.asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
+from converter import make_data_converter
 from models import OrderBatchRequest
 from starter import start_batch
 from tests.conftest import RedisServer, client_with

@@ -1,5 +1,5 @@
-"""`uv run payloads.py list|gc` against a real dev server and redis-server: gc keeps the payloads
-of a running and of a finished (still retained) batch, and deletes only orphans."""
+"""`uv run -m extras.payloads list|gc` against a real dev server and redis-server: gc keeps
+the payloads of a running and of a finished (still retained) batch, and deletes only orphans."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from temporalio.converter import StorageDriverStoreContext, StorageDriverWorkflo
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from codec import make_data_converter
+from converter import make_data_converter
+from extras.payloads import plan_gc
 from models import OrderBatchRequest
-from payloads import plan_gc
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
 from tests.support import undisturbed_summary
@@ -36,7 +36,7 @@ def payloads_cli(
         COLUMNS="250",
     )
     return subprocess.run(
-        ["uv", "run", "payloads.py", *args],
+        ["uv", "run", "-m", "extras.payloads", *args],
         cwd=PROJECT_DIR,
         env=env,
         capture_output=True,
@@ -162,7 +162,7 @@ def test_bad_flag_is_one_clear_sentence(
     assert "'soon' is not a whole number of minutes" in result.stderr
     assert "Traceback" not in result.stderr
     unreachable = subprocess.run(
-        ["uv", "run", "payloads.py", "list"],
+        ["uv", "run", "-m", "extras.payloads", "list"],
         cwd=PROJECT_DIR,
         env={**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"},
         capture_output=True,

@@ -29,12 +29,14 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
-from config import open_redis
-from encryption import ENCRYPTED_ENCODING, new_key_entry, parse_encryption_keys
-from models import OrderBatchRequest
-from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key
-from scheduled_workflows import (
+from converter import make_data_converter
+from extras.encryption import (
+    ENCRYPTED_ENCODING,
+    EncryptionCodec,
+    new_key_entry,
+    parse_encryption_keys,
+)
+from extras.scheduled_workflows import (
     PayloadCleanupReport,
     PayloadCleanupRequest,
     PayloadCleanupWorkflow,
@@ -44,7 +46,10 @@ from scheduled_workflows import (
     batch_workflow_id,
     scheduled_batch_id,
 )
-from schedules import When, schedule_batches, schedule_clean_up
+from extras.schedules import When, schedule_batches, schedule_clean_up
+from extras.settings import open_redis
+from models import OrderBatchRequest
+from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key
 from starter import start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
 from tests.support import (
@@ -335,7 +340,7 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
          "--schedule and --every each say when to run; pass only one of them"),
         ("starter.py", ["--every", "soon"], 2, "argument --every: 'soon' is not a duration"),
         ("starter.py", ["--schedule-id", "nightly"], 2, "--schedule-id names the Schedule"),
-        ("payloads.py", ["gc", "--every", "1h"], 2,
+        ("extras.payloads", ["gc", "--every", "1h"], 2,
          "a scheduled clean-up deletes payloads every time it runs; add --yes"),
     ],
 )  # fmt: skip
@@ -374,7 +379,9 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
     client = client_with(
         temporal_env,
         make_data_converter(
-            cluster, payload_size_threshold=0, encryption_keys=parse_encryption_keys(key_entry)
+            cluster,
+            payload_size_threshold=0,
+            codecs=[EncryptionCodec(parse_encryption_keys(key_entry))],
         ),
     )
     worker = start_worker(
@@ -384,7 +391,7 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
         for command in (
             ["starter.py", "--every", "3650d", "--orders", str(ORDERS), "--batch-id", prefix,
              "--schedule-id", batches_id],
-            ["payloads.py", "gc", "--yes", "--every", "3650d", "--grace-minutes", "0",
+            ["-m", "extras.payloads", "gc", "--yes", "--every", "3650d", "--grace-minutes", "0",
              "--schedule-id", cleanup_id],
         ):  # fmt: skip
             result = await asyncio.to_thread(

@@ -28,18 +28,18 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
-from codec_server import build_app, serve
-from config import ConfigError, load_settings, open_redis
-from encryption import (
+from converter import make_data_converter
+from extras.codec_server import build_app, serve
+from extras.encryption import (
     ENCRYPTED_ENCODING,
     KEY_ID_METADATA,
     EncryptionCodec,
     parse_encryption_keys,
 )
+from extras.report import payload_report, payloads_by_hop, storage_reference
+from extras.sample_data import generate_orders
+from extras.settings import ConfigError, load_settings, open_redis
 from models import TASK_QUEUE, OrderBatchRequest, OrderPage
-from report import payload_report, payloads_by_hop, storage_reference
-from sample_data import generate_orders
 from starter import run_batch, start_batch, workflow_id_for
 from tests.conftest import PROJECT_DIR, RedisServer, client_with
 from tests.support import history, page_handle, undisturbed_summary, user_env
@@ -236,7 +236,9 @@ async def test_encrypted_batch_leaves_no_customer_data_in_redis(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
     keys = parse_encryption_keys(KEY_1)
-    client = client_with(temporal_env, make_data_converter(redis_client, encryption_keys=keys))
+    client = client_with(
+        temporal_env, make_data_converter(redis_client, codecs=[EncryptionCodec(keys)])
+    )
     request = OrderBatchRequest(f"sealed-{uuid.uuid4().hex[:8]}", 5_000)
     async with build_worker(client):
         summary = await (await start_batch(client, request)).result()
@@ -267,7 +269,9 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
     async def run_with(keys: str, batch_id: str) -> Client:
         client = client_with(
             temporal_env,
-            make_data_converter(redis_client, encryption_keys=parse_encryption_keys(keys)),
+            make_data_converter(
+                redis_client, codecs=[EncryptionCodec(parse_encryption_keys(keys))]
+            ),
         )
         async with build_worker(client):
             console = Console(record=True, width=200)
@@ -294,7 +298,9 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
     assert key_ids[next(k for k in key_ids if quote(workflow_id_for(after)) in k)] == "2026-03"
 
     # Once the old key is dropped, its payloads are refused with a clear, non-retryable error.
-    new_only = make_data_converter(redis_client, encryption_keys=parse_encryption_keys(KEY_2))
+    new_only = make_data_converter(
+        redis_client, codecs=[EncryptionCodec(parse_encryption_keys(KEY_2))]
+    )
     assert new_only.payload_codec is not None
     [stored_old] = [k async for k in redis_client.scan_iter(match=f"*{quote(old_id)}*")]
     with pytest.raises(ApplicationError) as caught:
@@ -310,7 +316,9 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
 
 async def test_codec_server_decodes_encrypted_payloads(redis_client: redis.asyncio.Redis) -> None:
     converter = make_data_converter(
-        redis_client, payload_size_threshold=8 * 1024, encryption_keys=parse_encryption_keys(KEY_1)
+        redis_client,
+        payload_size_threshold=8 * 1024,
+        codecs=[EncryptionCodec(parse_encryption_keys(KEY_1))],
     )
     values = [
         OrderBatchRequest("coded", 300),
@@ -403,7 +411,7 @@ def test_settings_read_the_encryption_keys_newest_first() -> None:
 
 def test_make_a_key_with_the_script() -> None:
     made = subprocess.run(
-        [sys.executable, "encryption.py", "2026-05"],
+        [sys.executable, "-m", "extras.encryption", "2026-05"],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,

@@ -18,10 +18,10 @@ from playwright.async_api import Page, async_playwright
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
-from codec_server import build_app, serve
+from converter import make_data_converter
+from extras.codec_server import build_app, serve
+from extras.sample_data import generate_orders
 from models import TASK_QUEUE, OrderBatchRequest
-from sample_data import generate_orders
 from starter import workflow_id_for
 from tests.conftest import free_port, temporal_cli_path
 from worker import build_worker

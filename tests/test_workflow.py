@@ -14,9 +14,9 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from codec import make_data_converter
+from converter import make_data_converter
+from extras.report import payload_report, payloads_by_hop, storage_reference
 from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
-from report import payload_report, payloads_by_hop, storage_reference
 from starter import DEFAULT_ORDER_COUNT, run_batch, start_or_find, workflow_id_for
 from tests.conftest import client_with
 from tests.support import history, page_handle, undisturbed_summary

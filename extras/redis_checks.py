@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from config import close_redis, open_redis
+from extras.settings import close_redis, open_redis
 
 
 async def payload_risks_at(redis_url: str) -> list[str]:

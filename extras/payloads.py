@@ -1,10 +1,12 @@
 """Inspect and clean up the payloads stored in Redis.
 
-    uv run payloads.py list [--workflow-id ID]   what is stored, per workflow: count, bytes, TTL
-    uv run payloads.py gc [--yes]                 delete payloads whose workflow run is gone or
-                                                  closed and past the namespace's retention
-    uv run payloads.py gc --yes --every 6h        the same on a Temporal Schedule (or --schedule
-                                                  CRON), run by the worker
+    uv run -m extras.payloads list [--workflow-id ID]
+        what is stored, per workflow: count, bytes, TTL
+    uv run -m extras.payloads gc [--yes]
+        delete payloads whose workflow run is gone, or closed and past the namespace's
+        retention (a dry run without --yes)
+    uv run -m extras.payloads gc --yes --every 6h   (or --schedule CRON)
+        the same on a Temporal Schedule, run by the worker
 
 Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
 does not block Redis. `gc` is a dry run unless `--yes` is given. The scheduled clean-up is the
@@ -32,7 +34,14 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import (
+from extras.scheduled_workflows import (
+    CLEANUP_ACTIVITY,
+    CleanedRun,
+    PayloadCleanupReport,
+    PayloadCleanupRequest,
+)
+from extras.schedules import add_schedule_arguments, cleanup_schedule_command, when_from_args
+from extras.settings import (
     ConfigError,
     close_redis,
     connect_temporal,
@@ -41,13 +50,6 @@ from config import (
     open_redis,
 )
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
-from scheduled_workflows import (
-    CLEANUP_ACTIVITY,
-    CleanedRun,
-    PayloadCleanupReport,
-    PayloadCleanupRequest,
-)
-from schedules import add_schedule_arguments, cleanup_schedule_command, when_from_args
 
 SCAN_COUNT = 1000
 DEFAULT_GRACE_MINUTES = 60
@@ -578,7 +580,9 @@ def _minutes(raw: str) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="extras.payloads",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--key-prefix",

@@ -1,8 +1,11 @@
-"""Configuration from the environment, and connections to Redis and Temporal.
+"""Settings from the environment, and connections to Redis and Temporal: what the scripts
+(worker, starter, codec server, payloads, demo, benchmarks) share.
 
 Temporal settings come from ``temporalio.envconfig``, so the CLI's ``TEMPORAL_ADDRESS``,
-``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS variables and profiles all work.
-Every failure a user can cause is raised as ``ConfigError`` with one clear sentence.
+``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS variables and profiles all work. Every
+failure a user can cause is raised as ``ConfigError`` with one clear sentence. This is the one
+place that opens Redis (:func:`open_redis`) and builds the DataConverter from settings
+(:func:`data_converter`: the core factory, plus encryption and metrics when switched on).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import CARRIER_LATENCY_VARIABLE
-from codec import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
-from encryption import KEYS_VARIABLE, EncryptionKey, parse_encryption_keys
+from converter import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
+from extras.encryption import KEYS_VARIABLE, EncryptionCodec, EncryptionKey, parse_encryption_keys
+from extras.metrics import MeteredStorageDriver
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # A Redis Cluster is named by its scheme, e.g. redis+cluster://host:7000 (any node will do).
@@ -76,7 +79,6 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
             "limit.blobSize.error and set SERVICE_PAYLOAD_LIMIT to match."
         )
     ttl_seconds = _whole_number(env, "PAYLOAD_TTL_SECONDS", 0, MAX_TTL_SECONDS)
-    _whole_number(env, CARRIER_LATENCY_VARIABLE, 0, 10_000)  # read by process_orders
     try:
         keys = parse_encryption_keys(env[KEYS_VARIABLE]) if env.get(KEYS_VARIABLE) else []
     except ValueError as err:
@@ -227,8 +229,10 @@ async def data_converter(
             redis_client,
             payload_size_threshold=settings.payload_size_threshold,
             ttl=settings.payload_ttl,
-            metric_meter=metric_meter,
-            encryption_keys=settings.encryption_keys,
+            # Always in the chain: without keys it encrypts nothing, but a payload encrypted
+            # elsewhere then fails at once, naming the key id it needs.
+            codecs=[EncryptionCodec(settings.encryption_keys)],
+            wrap_driver=(lambda d: MeteredStorageDriver(d, metric_meter)) if metric_meter else None,
         )
     finally:
         await close_redis(redis_client)

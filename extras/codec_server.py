@@ -1,5 +1,5 @@
 """A codec server so `temporal workflow show` and the Web UI can read this sample's payloads:
-`uv run codec_server.py [--port 8081]`.
+`uv run -m extras.codec_server [--port 8081]`.
 
 It speaks Temporal's remote codec protocol (a JSON body ``{"payloads": [...]}`` in protobuf-JSON
 form, answered in the same shape) with the DataConverter from ``codec.make_data_converter``,
@@ -59,9 +59,9 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
-from config import ConfigError, data_converter, load_settings, redact_url
+from extras.report import REFERENCE_MESSAGE_TYPE, storage_reference
+from extras.settings import ConfigError, data_converter, load_settings, redact_url
 from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_payload_key
-from report import REFERENCE_MESSAGE_TYPE, storage_reference
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
@@ -651,7 +651,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="extras.codec_server", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port to listen on")
     parser.add_argument(

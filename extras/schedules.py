@@ -1,6 +1,6 @@
 """Temporal Schedules for the sample: order batches on a cron expression, at an interval or once
 at a later time (`uv run starter.py --schedule CRON | --every DURATION | --start-at TIME`), and
-the payload clean-up (`uv run payloads.py gc --yes --every DURATION | --schedule CRON`).
+the payload clean-up (`uv run -m extras.payloads gc --yes --every DURATION | --schedule CRON`).
 
 Each command creates its Schedule, or updates the one with the same id (a paused one stays
 paused), and prints the `temporal schedule` commands that describe, trigger, pause and delete
@@ -42,9 +42,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, connected_client, load_settings, one_line
-from models import TASK_QUEUE
-from scheduled_workflows import (
+from extras.scheduled_workflows import (
     PayloadCleanupRequest,
     PayloadCleanupWorkflow,
     ScheduledBatchRequest,
@@ -52,6 +50,8 @@ from scheduled_workflows import (
     batch_workflow_id,
     scheduled_batch_id,
 )
+from extras.settings import ConfigError, connected_client, load_settings, one_line
+from models import TASK_QUEUE
 
 BATCH_SCHEDULE_ID = "order-batches"
 CLEANUP_SCHEDULE_ID = "payload-gc"

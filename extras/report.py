@@ -22,12 +22,14 @@ from temporalio.api.sdk.v1 import ExternalStorageReference
 from temporalio.client import Client
 from temporalio.converter import (
     DataConverter,
+    PayloadCodec,
     StorageDriverClaim,
     StorageDriverRetrieveContext,
 )
 from temporalio.exceptions import ApplicationError
 
-from codec import original_size
+from codec import ZstdCodec
+from converter import CodecChain
 from models import BatchSummary
 from placeholders import placeholder_error
 
@@ -188,6 +190,18 @@ async def payload_report(
             f"({problems[0]})."
         )
     return PayloadReport([hop for hop in hops.values() if hop.count], pages, problem)
+
+
+async def original_size(codec: PayloadCodec | None, payload: Payload) -> int | None:
+    """The size of ``payload`` before ``codec`` encoded it, without decompressing it: the
+    zstd frame header declares it. Layers after compression (encryption) are undone first.
+    ``None`` if a frame does not declare its size."""
+    layers = list(codec.codecs) if isinstance(codec, CodecChain) else [codec] if codec else []
+    for layer in reversed(layers):
+        if isinstance(layer, ZstdCodec):
+            return ZstdCodec.decoded_size(payload)
+        [payload] = await layer.decode([payload])
+    return payload.ByteSize()
 
 
 def _add(total: int | None, size: int | None) -> int | None:
