@@ -14,6 +14,11 @@ DEFAULT_PAGE_SIZE = 5_000
 DEFAULT_PAGES_IN_FLIGHT = 4
 
 
+def workflow_id_for(batch_id: str) -> str:
+    """One workflow id per batch, so the same batch is never processed twice."""
+    return f"order-batch-{batch_id}"
+
+
 @dataclass(frozen=True)
 class OrderBatchRequest:
     """What the starter sends: which batch, how many orders it holds, how many orders a page."""

@@ -44,6 +44,7 @@ from models import (
     TASK_QUEUE,
     BatchSummary,
     OrderBatchRequest,
+    workflow_id_for,
 )
 from workflows import ProcessOrderBatchWorkflow
 
@@ -55,11 +56,6 @@ MAX_PAGE_SIZE = 25_000
 MAX_PAGES_IN_FLIGHT = 64
 MAX_BATCH_ID_LENGTH = 100
 KEYS_SHOWN = 3
-
-
-def workflow_id_for(batch_id: str) -> str:
-    """One workflow id per batch, so the same batch is never processed twice."""
-    return f"order-batch-{batch_id}"
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:

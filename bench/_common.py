@@ -8,10 +8,8 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -25,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from extras.demo import background, free_port, temporal_cli_path
 from extras.settings import ConfigError, one_line
 
 # What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
@@ -110,30 +107,6 @@ def run_main(main: Any) -> int:
     except Exception as err:  # still one sentence: what failed, never a traceback
         console.print(Text(f"bench: stopped by {type(err).__name__}: {one_line(err)}", "red"))
         return 1
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A `redis-server` of the benchmark's own on a free port; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise ConfigError("redis-server is not on PATH; install it (apt-get install redis-server).")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as data_dir:
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no", "--dir", data_dir]  # fmt: skip
-        with background(command, "redis-server", port):
-            yield f"redis://127.0.0.1:{port}/0"
-
-
-@contextlib.contextmanager
-def temporal_dev_server() -> Iterator[str]:
-    """An in-memory Temporal dev server on a free port (never 7233); yields its address."""
-    port = free_port()
-    command = [str(temporal_cli_path()), "server", "start-dev", "--ip", "127.0.0.1",
-               "--port", str(port), "--headless", "--log-level", "error"]  # fmt: skip
-    with background(command, "The Temporal dev server", port):
-        yield f"127.0.0.1:{port}"
 
 
 class WorkerProcess:

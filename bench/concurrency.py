@@ -24,12 +24,11 @@ from bench._common import (
     machine_line,
     mib,
     positive_int,
-    redis_server,
     run_main,
-    temporal_dev_server,
     worker_process,
 )
 from converter import make_data_converter
+from extras.processes import dev_server, redis_server
 from extras.settings import ConfigError, close_redis, open_redis
 from models import OrderBatchRequest
 from starter import DEFAULT_ORDER_COUNT, start_batch
@@ -52,7 +51,8 @@ class ConcurrencyResult:
 
 
 async def run(batches: int, orders: int) -> ConcurrencyResult:
-    with redis_server() as redis_url, temporal_dev_server() as address:
+    with redis_server() as redis, dev_server() as address:
+        redis_url = redis.url
         redis_client = await open_redis(redis_url)
         try:
             client = await Client.connect(address, data_converter=make_data_converter(redis_client))

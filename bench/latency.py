@@ -28,12 +28,11 @@ from bench._common import (
     machine,
     machine_line,
     positive_int,
-    redis_server,
     run_main,
-    temporal_dev_server,
     worker_process,
 )
 from converter import make_data_converter
+from extras.processes import dev_server, redis_server
 from extras.settings import ConfigError, close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
 from starter import start_batch
@@ -79,7 +78,8 @@ async def measure(client: Client, small: int, large: int, samples: int) -> tuple
 
 
 async def run(small: int, large: int, samples: int) -> LatencyResult:
-    with redis_server() as redis_url, temporal_dev_server() as address:
+    with redis_server() as redis, dev_server() as address:
+        redis_url = redis.url
         redis_client = await open_redis(redis_url)
         try:
             client = await connect_temporal(make_data_converter(redis_client), address=address)

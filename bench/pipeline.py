@@ -43,12 +43,12 @@ from bench._common import (
     median_ms,
     mib,
     positive_ints,
-    redis_server,
     run_main,
 )
 from bench.filler import filler_page
 from codec import ZSTD_LEVEL
 from converter import make_data_converter
+from extras.processes import redis_server
 from extras.sample_data import generate_orders
 from extras.settings import close_redis, open_redis
 from json_converter import gc_paused
@@ -375,7 +375,8 @@ def tables(result: PipelineResult) -> list[Table]:
 async def run(data_sets: dict[str, list[int]], rounds: int) -> PipelineResult:
     from bench._common import console
 
-    with redis_server() as url:
+    with redis_server() as redis:
+        url = redis.url
         client = await open_redis(url)
         try:
             results = []

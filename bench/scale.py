@@ -33,16 +33,14 @@ from bench._common import (
     machine_line,
     positive_int,
     positive_ints,
-    redis_server,
     run_main,
-    temporal_dev_server,
     worker_process,
 )
 from converter import make_data_converter
+from extras.processes import dev_server, redis_server
 from extras.report import batch_histories, payload_report
 from extras.settings import ConfigError, close_redis, connect_temporal, open_redis
-from models import DEFAULT_PAGE_SIZE
-from starter import workflow_id_for
+from models import DEFAULT_PAGE_SIZE, workflow_id_for
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
 
@@ -137,7 +135,8 @@ async def run(sizes: list[int], page_size: int) -> ScaleResult:
     from bench._common import console
 
     results = []
-    with redis_server() as redis_url, temporal_dev_server() as address:
+    with redis_server() as redis, dev_server() as address:
+        redis_url = redis.url
         redis_client = await open_redis(redis_url)
         try:
             client = await connect_temporal(make_data_converter(redis_client), address=address)

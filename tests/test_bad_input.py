@@ -4,9 +4,6 @@ text, and payloads that can never be read fail the batch with an error naming wh
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 import uuid
 from datetime import timedelta
 
@@ -19,39 +16,21 @@ from temporalio.testing import WorkflowEnvironment
 from converter import make_data_converter
 from extras.redis_checks import payload_risks
 from extras.settings import open_redis
-from models import TASK_QUEUE, OrderBatchRequest
-from starter import workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
-from tests.support import start_worker, undisturbed_summary, user_env
+from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from tests.support import (
+    RedisServer,
+    client_with,
+    free_port,
+    one_sentence,
+    run_script,
+    start_worker,
+    undisturbed_summary,
+)
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 
 PASSWORD = "hunter2-do-not-print"
 KEY = "2025-11:" + "A" * 43 + "="
-
-
-def run_script(
-    script: str, *args: str, **env: str
-) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    command = [script] if script.endswith(".py") else ["-m", script]  # a file, or a module
-    result = subprocess.run(
-        [sys.executable, *command, *args],
-        cwd=PROJECT_DIR,
-        env=user_env(**{"COLUMNS": "200", **env}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result, time.monotonic() - started
-
-
-def one_sentence(output: str) -> str:
-    """The output as one line; it must be a single sentence, not a traceback."""
-    assert "Traceback" not in output, output
-    text = " ".join(output.split())
-    assert text.endswith("."), text
-    return text
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import PROJECT_DIR
+from tests.support import PROJECT_DIR
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:

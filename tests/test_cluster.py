@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,58 +14,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
 from extras.settings import open_redis
-from models import OrderBatchRequest
-from starter import start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
-from tests.support import undisturbed_summary
+from models import OrderBatchRequest, workflow_id_for
+from starter import start_batch
+from tests.support import PROJECT_DIR, RedisServer, client_with, undisturbed_summary
 from worker import build_worker
-
-
-@pytest.fixture(scope="module")
-def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
-    """Three cluster-enabled redis-servers joined into one cluster (no replicas)."""
-    nodes = [
-        RedisServer(port=cluster_port(), data_dir=tmp_path_factory.mktemp("cluster"))
-        for _ in range(3)
-    ]
-    try:
-        for node in nodes:
-            node.start("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-        redis_cli = shutil.which("redis-cli")
-        assert redis_cli, "redis-cli is not on PATH; install Redis (apt-get install redis-tools)."
-        subprocess.run(
-            [redis_cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not all(_cluster_ok(node) for node in nodes):
-            assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
-            time.sleep(0.2)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is valid and free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
-def _cluster_ok(node: RedisServer) -> bool:
-    with redis.Redis(port=node.port) as client:
-        info = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
-        return bool(info.get("cluster_state") == "ok")
 
 
 async def test_batches_through_a_redis_cluster(

@@ -51,11 +51,16 @@ from extras.codec_server import (
 from extras.encryption import ENCRYPTED_ENCODING
 from extras.report import storage_reference
 from extras.sample_data import generate_orders
-from models import TASK_QUEUE, OrderBatchRequest, OrderPage
+from models import TASK_QUEUE, OrderBatchRequest, OrderPage, workflow_id_for
 from redis_driver import DEFAULT_KEY_PREFIX, payload_key
-from starter import workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port, temporal_cli_path
-from tests.test_end_to_end import start_kept_demo
+from tests.support import (
+    PROJECT_DIR,
+    RedisServer,
+    client_with,
+    free_port,
+    start_kept_demo,
+    temporal_cli_path,
+)
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 

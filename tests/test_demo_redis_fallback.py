@@ -13,16 +13,17 @@ from temporalio.testing import WorkflowEnvironment
 
 import extras.demo as demo
 from converter import make_data_converter
-from extras.settings import open_redis
+from extras.settings import close_redis, open_redis
 from models import OrderBatchRequest
 from starter import run_batch
+from tests.support import free_port
 from worker import build_worker
 
 
 async def test_demo_uses_embedded_redis_when_none_can_be_had(
     monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{demo.free_port()}/0")
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no redis-server on PATH
     output = Console(record=True, width=300)
     monkeypatch.setattr(demo, "console", output)
@@ -37,5 +38,5 @@ async def test_demo_uses_embedded_redis_when_none_can_be_had(
             request = OrderBatchRequest(f"fake-{uuid.uuid4().hex[:8]}", 5_000)
             assert await run_batch(client, request, output) == 0
         assert len([key async for key in redis_client.scan_iter(match="temporalio:*")]) == 1
-        await redis_client.aclose()
+        await close_redis(redis_client)
     assert "Redis, key 1" in output.export_text()

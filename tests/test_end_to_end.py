@@ -11,13 +11,20 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import PROJECT_DIR, RedisServer, free_port
-from tests.support import WorkerProcess, start_worker, user_env
+from tests.support import (
+    PROJECT_DIR,
+    RedisServer,
+    WorkerProcess,
+    demo_env,
+    processes_with_marker,
+    start_kept_demo,
+    start_worker,
+    user_env,
+)
 
 REFERENCE_TYPE = "temporal.api.sdk.v1.ExternalStorageReference"
 
@@ -31,18 +38,6 @@ def worker_process(
     worker = start_worker(address, redis_server.url, via_uv=True)
     yield worker
     worker.kill()
-
-
-def processes_with_marker(marker: str) -> list[str]:
-    """Command lines of live processes whose environment carries ``marker``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if marker.encode() in (proc / "environ").read_bytes():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def test_worker_and_starter_then_workflow_show(
@@ -103,16 +98,6 @@ def test_worker_and_starter_then_workflow_show(
     assert "Traceback" not in worker_process.log
 
 
-def demo_env() -> tuple[dict[str, str], str]:
-    """An environment for demo.py whose processes, children included, carry a marker.
-
-    Its REDIS_URL does not answer, so the demo starts a redis-server of its own."""
-    marker = f"DEMO_TEST_{uuid.uuid4().hex}"
-    env = user_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", COLUMNS="200")
-    env[marker] = "1"
-    return env, marker
-
-
 def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
     env, marker = demo_env()
     demo = subprocess.run(
@@ -128,27 +113,6 @@ def test_demo_runs_everything_and_leaves_nothing_behind() -> None:
     assert "Payloads in history" in demo.stdout
     assert "temporal workflow show --workflow-id order-batch-" in demo.stdout
     assert processes_with_marker(marker) == []
-
-
-def start_kept_demo(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """`uv run -m extras.demo --keep-running` in a session of its own, returned once it waits for
-    Ctrl+C, with what it printed until then."""
-    demo = subprocess.Popen(
-        ["uv", "run", "-m", "extras.demo", "--keep-running", "--orders", "200"],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert demo.stdout is not None
-    seen = []
-    for line in demo.stdout:
-        seen.append(line)
-        if "Ctrl+C to stop everything" in line:
-            break
-    return demo, "".join(seen)
 
 
 def test_demo_ctrl_c_stops_everything() -> None:

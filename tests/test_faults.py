@@ -30,20 +30,23 @@ from extras.codec_server import build_app, serve
 from extras.report import payloads_by_hop, storage_reference, unreadable_payloads
 from extras.sample_data import generate_orders
 from extras.settings import open_redis
-from models import OrderBatchRequest, OrderPage
-from starter import start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with, temporal_cli_path
+from models import OrderBatchRequest, OrderPage, workflow_id_for
+from starter import start_batch
 from tests.support import (
     ACTIVITY_COMPLETED,
     CHILD_FAILED,
+    PROJECT_DIR,
     WORKFLOW_TASK_FAILED,
+    RedisServer,
     activity_worker,
+    client_with,
     history,
     of_type,
     page_handle,
     run_fetch_only,
     start_with_fetch_scheduled,
     start_worker,
+    temporal_cli_path,
     undisturbed_summary,
     user_env,
     wait_for_attempt,
@@ -270,10 +273,7 @@ async def test_redis_killed_mid_batch_and_restarted_the_starter_reports_cleanly(
         client = client_with(temporal_env, make_data_converter(await open_redis(own_redis.url)))
         # Kill Redis once a fetch has completed and others are still fetching.
         await wait_for_event(page_handle(client, request, 1), of_type(ACTIVITY_COMPLETED))
-        assert own_redis.process is not None
-        own_redis.process.kill()
-        own_redis.process.wait()
-        own_redis.process = None
+        own_redis.kill()
         own_redis.start(*options)
         output = (await asyncio.wait_for(starter.communicate(), 240))[0].decode()
     finally:
@@ -314,10 +314,7 @@ async def test_redis_restarted_while_the_starter_reports(
     while line := (await asyncio.wait_for(starter.stdout.readline(), 120)).decode():
         lines.append(line)
         if "Top destinations" in line:
-            assert own_redis.process is not None
-            own_redis.process.kill()
-            own_redis.process.wait()
-            own_redis.process = None
+            own_redis.kill()
             threading.Timer(0.5, own_redis.start, AOF).start()
     await asyncio.wait_for(starter.wait(), 120)
     output = "".join(lines)
@@ -440,10 +437,7 @@ async def test_fifty_batches_at_once_through_one_worker(
 def restart(server: RedisServer, *options: str) -> None:
     """SIGKILL a redis-server and start it again on the same port, as a crash and a
     supervisor would."""
-    assert server.process is not None
-    server.process.kill()
-    server.process.wait()
-    server.process = None
+    server.kill()
     server.start(*options)
 
 

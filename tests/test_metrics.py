@@ -15,10 +15,8 @@ import redis.asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
-from models import TASK_QUEUE, OrderBatchRequest
-from starter import workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with, free_port
-from tests.support import start_worker, user_env
+from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from tests.support import PROJECT_DIR, RedisServer, client_with, free_port, start_worker, user_env
 from workflows import ProcessOrderBatchWorkflow
 
 METRIC_LINE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")

@@ -19,11 +19,9 @@ from temporalio.worker import Replayer
 
 from converter import make_data_converter
 from extras.report import payloads_by_hop, storage_reference
-from models import TASK_QUEUE, OrderBatchRequest
+from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
-from starter import workflow_id_for
-from tests.conftest import client_with
-from tests.support import undisturbed_summary
+from tests.support import client_with, undisturbed_summary
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 

@@ -15,8 +15,14 @@ from temporalio.testing import WorkflowEnvironment
 from converter import make_data_converter
 from models import OrderBatchRequest
 from starter import start_batch
-from tests.conftest import RedisServer, client_with
-from tests.support import WorkerProcess, page_handle, start_worker, undisturbed_summary
+from tests.support import (
+    RedisServer,
+    WorkerProcess,
+    client_with,
+    page_handle,
+    start_worker,
+    undisturbed_summary,
+)
 
 THRESHOLD = 10_000  # small, so even these small batches go through Redis
 BATCHES = 6

@@ -16,10 +16,9 @@ from temporalio.worker import Replayer
 
 from converter import make_data_converter
 from extras.payloads import plan_gc
-from models import OrderBatchRequest
-from starter import start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import undisturbed_summary
+from models import OrderBatchRequest, workflow_id_for
+from starter import start_batch
+from tests.support import PROJECT_DIR, RedisServer, client_with, keys, undisturbed_summary
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
@@ -43,10 +42,6 @@ def payloads_cli(
         text=True,
         timeout=120,
     )
-
-
-async def keys(redis_client: redis.asyncio.Redis) -> set[str]:
-    return {k.decode() async for k in redis_client.scan_iter(match="temporalio:payloads:*")}
 
 
 async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(

@@ -43,27 +43,28 @@ from extras.scheduled_workflows import (
     ScheduledBatchRequest,
     ScheduledBatchResult,
     ScheduledOrderBatchWorkflow,
-    batch_workflow_id,
     scheduled_batch_id,
 )
 from extras.schedules import When, schedule_batches, schedule_clean_up
 from extras.settings import open_redis
-from models import OrderBatchRequest
+from models import OrderBatchRequest, workflow_id_for
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key
-from starter import start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with
+from starter import start_batch
 from tests.support import (
+    PROJECT_DIR,
+    RedisServer,
+    client_with,
     history,
+    keys,
+    one_sentence,
     page_handle,
     run_fetch_only,
+    run_script,
     start_with_fetch_scheduled,
     start_worker,
     undisturbed_summary,
     user_env,
 )
-from tests.test_bad_input import one_sentence, run_script
-from tests.test_cluster import cluster_nodes  # noqa: F401  (the fixture: a three-node cluster)
-from tests.test_payloads_cli import keys
 from worker import build_worker
 
 ORDERS = 40
@@ -133,8 +134,7 @@ async def exists(client: Client, workflow_id: str) -> bool:
     return True
 
 
-def test_a_scheduled_batch_has_the_workflow_id_the_starter_gives_its_batch_id() -> None:
-    assert batch_workflow_id("BATCH-20261122-020000") == workflow_id_for("BATCH-20261122-020000")
+def test_a_scheduled_batch_id_has_the_form_of_the_starters_default() -> None:
     at = datetime(2026, 11, 22, 3, 0, 5, tzinfo=UTC)
     assert scheduled_batch_id("NIGHT", at) == "NIGHT-20261122-030005"
     assert scheduled_batch_id("NIGHT", at.astimezone()) == "NIGHT-20261122-030005"
@@ -365,7 +365,7 @@ def test_bad_schedule_flags_end_in_one_sentence(
 
 
 async def test_schedules_through_a_redis_cluster_with_encryption(
-    cluster_nodes: list[RedisServer],  # noqa: F811
+    cluster_nodes: list[RedisServer],
     temporal_env: WorkflowEnvironment,
 ) -> None:
     url = f"redis+cluster://127.0.0.1:{cluster_nodes[0].port}"

@@ -39,10 +39,17 @@ from extras.encryption import (
 from extras.report import payload_report, payloads_by_hop, storage_reference
 from extras.sample_data import generate_orders
 from extras.settings import ConfigError, load_settings, open_redis
-from models import TASK_QUEUE, OrderBatchRequest, OrderPage
-from starter import run_batch, start_batch, workflow_id_for
-from tests.conftest import PROJECT_DIR, RedisServer, client_with
-from tests.support import history, page_handle, undisturbed_summary, user_env
+from models import TASK_QUEUE, OrderBatchRequest, OrderPage, workflow_id_for
+from starter import run_batch, start_batch
+from tests.support import (
+    PROJECT_DIR,
+    RedisServer,
+    client_with,
+    history,
+    page_handle,
+    undisturbed_summary,
+    user_env,
+)
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 

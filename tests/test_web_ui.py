@@ -21,9 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 from converter import make_data_converter
 from extras.codec_server import build_app, serve
 from extras.sample_data import generate_orders
-from models import TASK_QUEUE, OrderBatchRequest
-from starter import workflow_id_for
-from tests.conftest import free_port, temporal_cli_path
+from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from tests.support import free_port, require, temporal_cli_path
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 
@@ -37,8 +36,7 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing; install it with `apt-get install -y chromium`.")
+    require(str(CHROMIUM), "apt-get install -y chromium")
     return CHROMIUM
 
 

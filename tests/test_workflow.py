@@ -16,10 +16,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
 from extras.report import payload_report, payloads_by_hop, storage_reference
-from models import TASK_QUEUE, BatchSummary, OrderBatchRequest
-from starter import DEFAULT_ORDER_COUNT, run_batch, start_or_find, workflow_id_for
-from tests.conftest import client_with
-from tests.support import history, page_handle, undisturbed_summary
+from models import TASK_QUEUE, BatchSummary, OrderBatchRequest, workflow_id_for
+from starter import DEFAULT_ORDER_COUNT, run_batch, start_or_find
+from tests.support import client_with, history, page_handle, undisturbed_summary
 from worker import build_worker
 from workflows import PAGES_PER_RUN, ProcessOrderBatchWorkflow
 
