@@ -64,8 +64,17 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def cluster_nodes(cluster: list[RedisServer]) -> list[RedisServer]:
+    """The tests' Redis Cluster, emptied before each test."""
+    for node in cluster:
+        with redis.Redis(port=node.port) as client:
+            client.flushall()
+    return cluster
+
+
 @pytest.fixture(scope="session")
-def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """Three cluster-enabled redis-servers joined into one cluster (no replicas)."""
     require("redis-server", "apt-get install -y redis-server")
     nodes = [
