@@ -29,6 +29,8 @@ from tests.support import (
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 PASSWORD = "hunter2-do-not-print"
 KEY = "2025-11:" + "A" * 43 + "="
 

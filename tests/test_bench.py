@@ -8,7 +8,11 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.support import PROJECT_DIR
+
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,8 @@ from starter import start_batch
 from tests.support import PROJECT_DIR, RedisServer, client_with, undisturbed_summary
 from worker import build_worker
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 
 async def test_batches_through_a_redis_cluster(
     cluster_nodes: list[RedisServer], temporal_env: WorkflowEnvironment

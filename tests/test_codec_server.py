@@ -652,6 +652,7 @@ async def run_cli(command: list[str]) -> str:
 # --- history reads degrade ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_workflow_show_names_a_lost_payload_and_shows_the_rest(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -683,6 +684,7 @@ async def test_workflow_show_names_a_lost_payload_and_shows_the_rest(
     assert f"input[0].batch_id: {batch_id}" in shown
 
 
+@pytest.mark.slow
 async def test_workflow_show_with_codec_endpoint_shows_the_orders(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -740,6 +742,7 @@ def script_env(redis_server: RedisServer) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[str, str]) -> None:
     process = subprocess.Popen(
         ["uv", "run", "-m", "extras.codec_server", "--port", str(port := free_port())],
@@ -776,6 +779,7 @@ def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[st
             process.wait()
 
 
+@pytest.mark.slow
 def test_the_script_explains_an_unreachable_redis(script_env: dict[str, str]) -> None:
     script_env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     result = subprocess.run(
@@ -791,6 +795,7 @@ def test_the_script_explains_an_unreachable_redis(script_env: dict[str, str]) ->
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_points_its_web_ui_at_its_codec_server(script_env: dict[str, str]) -> None:
     # A REDIS_URL that does not answer makes the demo start its own redis-server.
     env = {**script_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "COLUMNS": "200"}
@@ -860,6 +865,7 @@ def script_server(
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 async def test_a_decompression_bomb_is_refused_without_the_memory(
     http: aiohttp.ClientSession, script_server: ScriptServer, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -883,6 +889,7 @@ async def test_a_decompression_bomb_is_refused_without_the_memory(
     assert script_server.peak_memory_kib() - peak_before < 100 * 1024
 
 
+@pytest.mark.slow
 async def test_small_requests_are_answered_while_a_huge_one_is_worked_on(
     http: aiohttp.ClientSession, script_server: ScriptServer
 ) -> None:
@@ -982,6 +989,7 @@ def mostly(
 SMALL_BOMB = zstd_bomb(64 * 2**20).data  # declares 64 MiB, over the 50 MiB default limit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path", ["/encode", "/decode", "/decode?preserveStorageRefs=true", "/download", "elsewhere"]
 )
@@ -1054,6 +1062,7 @@ def fuzz_keys(script_server: ScriptServer) -> list[str]:
     return [*keys, layout_key("default", b"never stored"), "app:session:42"]
 
 
+@pytest.mark.slow
 def test_the_fuzzed_server_logged_no_traceback(script_server: ScriptServer) -> None:
     """Runs after the fuzz (same module, in order): the catch-all 500 path was never taken."""
     log = script_server.log.read_text()

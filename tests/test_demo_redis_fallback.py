@@ -19,6 +19,8 @@ from starter import run_batch
 from tests.support import free_port
 from worker import build_worker
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 
 async def test_demo_uses_embedded_redis_when_none_can_be_had(
     monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment

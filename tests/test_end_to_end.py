@@ -26,6 +26,8 @@ from tests.support import (
     user_env,
 )
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 REFERENCE_TYPE = "temporal.api.sdk.v1.ExternalStorageReference"
 
 

@@ -57,6 +57,8 @@ from tests.support import (
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 AOF = ("--appendonly", "yes")
 
 

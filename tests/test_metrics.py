@@ -19,6 +19,9 @@ from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
 from tests.support import PROJECT_DIR, RedisServer, client_with, free_port, start_worker, user_env
 from workflows import ProcessOrderBatchWorkflow
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
+
 METRIC_LINE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
 
 

@@ -24,6 +24,8 @@ from tests.support import (
     undisturbed_summary,
 )
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 THRESHOLD = 10_000  # small, so even these small batches go through Redis
 BATCHES = 6
 

@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis.asyncio
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.converter import StorageDriverStoreContext, StorageDriverWorkflowInfo
@@ -21,6 +22,8 @@ from starter import start_batch
 from tests.support import PROJECT_DIR, RedisServer, client_with, keys, undisturbed_summary
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
+
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
 
 ORDERS = 200
 

@@ -67,6 +67,8 @@ from tests.support import (
 )
 from worker import build_worker
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
 ORDERS = 40
 INTERVAL = timedelta(seconds=3)
 STARTED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED

@@ -73,6 +73,7 @@ HOSTILE_BATCH_IDS = [
 ]
 
 
+@pytest.mark.slow
 async def test_hostile_ids_cannot_reach_another_workflows_keys(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -183,6 +184,7 @@ def start_secured_redis(server: RedisServer, kind: str, tmp_path: Path) -> str:
     return f"rediss://:{PASSWORD}@127.0.0.1:{server.port}/0?ssl_ca_certs={ca}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["password", "acl-user", "tls"])
 def test_protected_redis_works_and_the_password_is_never_printed(
     kind: str, temporal_env: WorkflowEnvironment, own_redis: RedisServer, tmp_path: Path
@@ -219,6 +221,7 @@ def test_protected_redis_works_and_the_password_is_never_printed(
         assert PASSWORD not in output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["password", "acl-user", "tls"])
 async def test_wrong_credentials_or_certificate_are_one_sentence_without_the_password(
     kind: str, own_redis: RedisServer, tmp_path: Path
@@ -239,6 +242,7 @@ async def test_wrong_credentials_or_certificate_are_one_sentence_without_the_pas
 # --- payloads encrypted at rest ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_encrypted_batch_leaves_no_customer_data_in_redis(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -270,6 +274,7 @@ async def test_encrypted_batch_leaves_no_customer_data_in_redis(
                 assert payload.metadata["encoding"] == ENCRYPTED_ENCODING, hop
 
 
+@pytest.mark.slow
 async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
     temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
 ) -> None:
@@ -416,6 +421,7 @@ def test_settings_read_the_encryption_keys_newest_first() -> None:
     assert "BBBB" not in repr(settings)
 
 
+@pytest.mark.slow
 def test_make_a_key_with_the_script() -> None:
     made = subprocess.run(
         [sys.executable, "-m", "extras.encryption", "2026-05"],

@@ -26,6 +26,9 @@ from tests.support import free_port, require, temporal_cli_path
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
 
+pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 # The machine has no network: without these, Chromium's background connections are refused.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

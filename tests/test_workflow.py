@@ -117,6 +117,7 @@ async def test_paged_and_unpaged_runs_of_a_batch_give_the_same_summary(
     assert len(pages) == 5  # every page's order list went through Redis
 
 
+@pytest.mark.slow
 async def test_a_batch_of_many_pages_continues_as_new_and_keeps_history_bounded(
     client: Client,
 ) -> None:
