@@ -1,9 +1,9 @@
 """Start one order batch and report on it:
 `uv run starter.py [--orders N] [--page-size N] [--pages-in-flight N] [--batch-id ID]`.
 Add `--schedule CRON`, `--every DURATION` or `--start-at TIME` to run batches on a Temporal
-Schedule instead (schedules.py).
+Schedule instead (extras/schedules.py).
 
-Neighbours: workflows.py, models.py, config.py, report.py.
+Neighbours: workflows.py, models.py; extras: settings, report, schedules.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ ORDERS = OrderActivities(generate_orders)
 
 def build_worker(client: Client, *, task_queue: str = TASK_QUEUE) -> Worker:
     """The sample's worker, on one task queue: the batch and page workflows with their two
-    activities, and what the Schedules start (schedules.py): a scheduled batch, and the payload
-    clean-up with its activity, which judges runs with ``client``."""
+    activities, and what the Schedules start (extras/schedules.py): a scheduled batch, and the
+    payload clean-up with its activity, which judges runs with ``client``."""
     return Worker(
         client,
         task_queue=task_queue,

@@ -430,8 +430,8 @@ async def collect_garbage(
     grace: timedelta = timedelta(minutes=DEFAULT_GRACE_MINUTES),
     now: datetime | None = None,
 ) -> GcOutcome:
-    """The clean-up that `payloads.py gc` and the scheduled clean-up both run: plan run by run
-    (:func:`plan_gc`), then, with ``delete``, UNLINK what the plan allows."""
+    """The clean-up that `uv run -m extras.payloads gc` and the scheduled clean-up both run:
+    plan run by run (:func:`plan_gc`), then, with ``delete``, UNLINK what the plan allows."""
     runs = await plan_gc(redis_client, client, key_prefix, grace=grace, now=now)
     deleted = await delete_payloads(redis_client, runs) if delete else 0
     return GcOutcome(runs, deleted)

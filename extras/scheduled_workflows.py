@@ -6,8 +6,9 @@ takes its batch id from the time the Schedule fired (the ``TemporalScheduledStar
 search attribute the server sets) and runs that batch as a child ``ProcessOrderBatchWorkflow``
 under the batch's own workflow id. A time whose batch already ran, or runs, is left alone: a
 backfill or a repeated fire never processes a batch twice. ``PayloadCleanupWorkflow`` runs the
-``collect_payload_garbage`` activity, which is `payloads.py gc --yes` on the worker.
-Neighbours: workflows.py, models.py, payloads.py (the activity, by name), schedules.py.
+``collect_payload_garbage`` activity, which is `uv run -m extras.payloads gc --yes` on the worker.
+Neighbours: workflows.py, models.py; extras/payloads.py (the activity, by name) and
+extras/schedules.py.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class ScheduledBatchResult:
 
 @dataclass(frozen=True)
 class PayloadCleanupRequest:
-    """What the clean-up Schedule passes: the choices of `payloads.py gc --yes`."""
+    """What the clean-up Schedule passes: the choices of `uv run -m extras.payloads gc --yes`."""
 
     key_prefix: str
     grace_minutes: int
@@ -149,8 +150,8 @@ class ScheduledOrderBatchWorkflow:
 
 @workflow.defn
 class PayloadCleanupWorkflow:
-    """Deletes the Redis payloads no workflow can read any more, as `payloads.py gc --yes`
-    does, and returns what it deleted."""
+    """Deletes the Redis payloads no workflow can read any more, as
+    `uv run -m extras.payloads gc --yes` does, and returns what it deleted."""
 
     @workflow.run
     async def run(self, request: PayloadCleanupRequest) -> PayloadCleanupReport:

@@ -5,7 +5,7 @@ the payload clean-up (`uv run -m extras.payloads gc --yes --every DURATION | --s
 Each command creates its Schedule, or updates the one with the same id (a paused one stays
 paused), and prints the `temporal schedule` commands that describe, trigger, pause and delete
 it. The worker runs what the Schedules start, on its one task queue.
-Neighbours: scheduled_workflows.py (what the Schedules start), config.py, models.py.
+Neighbours: scheduled_workflows.py (what the Schedules start), settings.py, models.py.
 """
 
 from __future__ import annotations
@@ -367,7 +367,7 @@ def batch_schedule_command(
 
 
 def cleanup_schedule_command(args: argparse.Namespace, when: When) -> int:
-    """`payloads.py gc --yes` with ``--every`` or ``--schedule``."""
+    """`uv run -m extras.payloads gc --yes` with ``--every`` or ``--schedule``."""
     request = PayloadCleanupRequest(args.key_prefix, args.grace_minutes)
     return run_command(
         "payloads",
@@ -422,7 +422,8 @@ async def create_cleanup_schedule(
     when: When,
     schedule_id: str = CLEANUP_SCHEDULE_ID,
 ) -> None:
-    """`payloads.py gc --yes --every | --schedule`: create or update, then say what it does."""
+    """`uv run -m extras.payloads gc --yes --every | --schedule`: create or update, then say
+    what it does."""
     handle, created = await schedule_clean_up(client, request, when, schedule_id=schedule_id)
     next_times = (await handle.describe()).info.next_action_times
     _print_what(
@@ -431,7 +432,7 @@ async def create_cleanup_schedule(
         created,
         f"{when.text()}, a worker deletes the payloads under {request.key_prefix} whose run is "
         f"gone, or closed and past retention, and unused for {request.grace_minutes} minutes, "
-        "as payloads.py gc --yes does.",
+        "as `uv run -m extras.payloads gc --yes` does.",
     )
     console.print(
         "A clean-up that falls due while one runs is skipped, and missed ones are not made up. "

@@ -68,7 +68,7 @@ class Settings:
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """Read and check ``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD`` (bytes, at most
     ``SERVICE_PAYLOAD_LIMIT``), ``PAYLOAD_TTL_SECONDS`` and ``PAYLOAD_ENCRYPTION_KEYS``
-    (see encryption.py). Every bad value raises ``ConfigError``."""
+    (see extras/encryption.py). Every bad value raises ``ConfigError``."""
     limit = _whole_number(env, "SERVICE_PAYLOAD_LIMIT", DEFAULT_SERVICE_PAYLOAD_LIMIT, 2**31)
     threshold = _whole_number(env, "PAYLOAD_SIZE_THRESHOLD", DEFAULT_PAYLOAD_SIZE_THRESHOLD, 2**31)
     if threshold > limit:
@@ -170,7 +170,7 @@ def redis_options() -> dict[str, Any]:
 async def open_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     """Connect to Redis (or a Redis Cluster) and check that it answers. The caller closes it.
 
-    The one place the sample opens Redis: the worker, starter, demo, codec server, payloads.py
+    The one place the sample opens Redis: the worker, starter, demo, codec server, payloads
     and the benchmarks all connect with :func:`redis_options`.
     """
     check_redis_url(url)
