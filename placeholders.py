@@ -52,8 +52,9 @@ def placeholder_error(payload: Payload) -> ApplicationError | None:
     )
 
 
-class PlaceholderOnFailure(StorageDriver):
-    """Wraps a driver: a claim it cannot read for good comes back as a placeholder."""
+class WrappedDriver(StorageDriver):
+    """A driver that hands every call to the one it wraps (``wrapped``); subclasses add to it.
+    It keeps the wrapped driver's name, so claims stored through either read through both."""
 
     def __init__(self, driver: StorageDriver) -> None:
         self.wrapped = driver
@@ -68,6 +69,15 @@ class PlaceholderOnFailure(StorageDriver):
         self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
     ) -> list[StorageDriverClaim]:
         return await self.wrapped.store(context, payloads)
+
+    async def retrieve(
+        self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
+    ) -> list[Payload]:
+        return await self.wrapped.retrieve(context, claims)
+
+
+class PlaceholderOnFailure(WrappedDriver):
+    """Wraps a driver: a claim it cannot read for good comes back as a placeholder."""
 
     async def retrieve(
         self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -22,8 +22,11 @@ import redis.asyncio
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from temporalio.client import Client
 
-from extras.settings import ConfigError, one_line
+from converter import make_data_converter
+from extras.processes import dev_server, redis_server
+from extras.settings import ConfigError, close_redis, connect_temporal, one_line, open_redis
 
 # What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
 RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -169,6 +172,28 @@ def worker_process(temporal_address: str, redis_url: str, **env: str) -> Iterato
         yield worker
     finally:
         worker.stop()
+
+
+@dataclass
+class Servers:
+    """A redis-server and a dev server of the benchmark's own, and a client of both."""
+
+    address: str
+    redis_url: str
+    redis: RedisClient
+    client: Client
+
+
+@contextlib.asynccontextmanager
+async def servers() -> AsyncIterator[Servers]:
+    """Start both servers and connect with the sample's DataConverter; stop all on exit."""
+    with redis_server() as redis, dev_server() as address:
+        redis_client = await open_redis(redis.url)
+        try:
+            client = await connect_temporal(make_data_converter(redis_client), address=address)
+            yield Servers(address, redis.url, redis_client, client)
+        finally:
+            await close_redis(redis_client)
 
 
 def median_ms(samples: Sequence[float]) -> float:

@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 
 from rich.table import Table
-from temporalio.client import Client
 
 from bench._common import (
     Machine,
@@ -25,11 +24,10 @@ from bench._common import (
     mib,
     positive_int,
     run_main,
+    servers,
     worker_process,
 )
-from converter import make_data_converter
-from extras.processes import dev_server, redis_server
-from extras.settings import ConfigError, close_redis, open_redis
+from extras.settings import ConfigError
 from models import OrderBatchRequest
 from starter import DEFAULT_ORDER_COUNT, start_batch
 
@@ -51,39 +49,32 @@ class ConcurrencyResult:
 
 
 async def run(batches: int, orders: int) -> ConcurrencyResult:
-    with redis_server() as redis, dev_server() as address:
-        redis_url = redis.url
-        redis_client = await open_redis(redis_url)
-        try:
-            client = await Client.connect(address, data_converter=make_data_converter(redis_client))
-            run_id = uuid.uuid4().hex[:6]
-            requests = [OrderBatchRequest(f"CONC-{run_id}-{n:03d}", orders) for n in range(batches)]
-            with worker_process(address, redis_url) as worker:
-                started = time.monotonic()
-                handles = await asyncio.gather(
-                    *(start_batch(client, request) for request in requests)
+    async with servers() as running:
+        client, redis_client = running.client, running.redis
+        run_id = uuid.uuid4().hex[:6]
+        requests = [OrderBatchRequest(f"CONC-{run_id}-{n:03d}", orders) for n in range(batches)]
+        with worker_process(running.address, running.redis_url) as worker:
+            started = time.monotonic()
+            handles = await asyncio.gather(*(start_batch(client, request) for request in requests))
+            try:
+                summaries = await asyncio.wait_for(
+                    asyncio.gather(*(handle.result() for handle in handles)),
+                    ALL_DONE_TIMEOUT_SECONDS,
                 )
-                try:
-                    summaries = await asyncio.wait_for(
-                        asyncio.gather(*(handle.result() for handle in handles)),
-                        ALL_DONE_TIMEOUT_SECONDS,
-                    )
-                except TimeoutError:
-                    raise ConfigError(
-                        f"{batches} batches were not all done after "
-                        f"{ALL_DONE_TIMEOUT_SECONDS:.0f}s; try fewer with --batches."
-                    ) from None
-                wall_seconds = time.monotonic() - started
-                peak_rss = worker.peak_rss_bytes()
-            completed = sum(
-                1
-                for request, summary in zip(requests, summaries, strict=True)
-                if summary.batch_id == request.batch_id and summary.order_count == orders
-            )
-            keys = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
-            redis_bytes = sum([await redis_client.strlen(key) for key in keys])
-        finally:
-            await close_redis(redis_client)
+            except TimeoutError:
+                raise ConfigError(
+                    f"{batches} batches were not all done after "
+                    f"{ALL_DONE_TIMEOUT_SECONDS:.0f}s; try fewer with --batches."
+                ) from None
+            wall_seconds = time.monotonic() - started
+            peak_rss = worker.peak_rss_bytes()
+        completed = sum(
+            1
+            for request, summary in zip(requests, summaries, strict=True)
+            if summary.batch_id == request.batch_id and summary.order_count == orders
+        )
+        keys = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
+        redis_bytes = sum([await redis_client.strlen(key) for key in keys])
     return ConcurrencyResult(
         machine=machine(),
         batches=batches,

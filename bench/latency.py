@@ -29,11 +29,10 @@ from bench._common import (
     machine_line,
     positive_int,
     run_main,
+    servers,
     worker_process,
 )
-from converter import make_data_converter
-from extras.processes import dev_server, redis_server
-from extras.settings import ConfigError, close_redis, connect_temporal, open_redis
+from extras.settings import ConfigError
 from models import OrderBatchRequest
 from starter import start_batch
 
@@ -78,15 +77,9 @@ async def measure(client: Client, small: int, large: int, samples: int) -> tuple
 
 
 async def run(small: int, large: int, samples: int) -> LatencyResult:
-    with redis_server() as redis, dev_server() as address:
-        redis_url = redis.url
-        redis_client = await open_redis(redis_url)
-        try:
-            client = await connect_temporal(make_data_converter(redis_client), address=address)
-            with worker_process(address, redis_url):
-                idle, loaded = await measure(client, small, large, samples)
-        finally:
-            await close_redis(redis_client)
+    async with servers() as running:
+        with worker_process(running.address, running.redis_url):
+            idle, loaded = await measure(running.client, small, large, samples)
     idle_median, loaded_median = statistics.median(idle), statistics.median(loaded)
     return LatencyResult(
         machine=machine(),

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client
 
 from bench._common import (
     PROJECT_DIR,
     Machine,
+    Servers,
     add_json_flag,
     emit,
     machine,
@@ -34,12 +34,11 @@ from bench._common import (
     positive_int,
     positive_ints,
     run_main,
+    servers,
     worker_process,
 )
-from converter import make_data_converter
-from extras.processes import dev_server, redis_server
 from extras.report import batch_histories, payload_report
-from extras.settings import ConfigError, close_redis, connect_temporal, open_redis
+from extras.settings import ConfigError
 from models import DEFAULT_PAGE_SIZE, workflow_id_for
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
@@ -100,9 +99,8 @@ def slowest_workflow_task_ms(histories: list[list[HistoryEvent]]) -> float:
     return round(slowest, 1)
 
 
-async def measure(
-    client: Client, temporal_address: str, redis_url: str, orders: int, page_size: int
-) -> ScaleRun:
+async def measure(running: Servers, orders: int, page_size: int) -> ScaleRun:
+    client, temporal_address, redis_url = running.client, running.address, running.redis_url
     batch_id = f"SCALE-{orders}-{uuid.uuid4().hex[:6]}"
     args = ["--orders", str(orders), "--page-size", str(page_size), "--batch-id", batch_id]
     with worker_process(temporal_address, redis_url) as worker:
@@ -135,18 +133,12 @@ async def run(sizes: list[int], page_size: int) -> ScaleResult:
     from bench._common import console
 
     results = []
-    with redis_server() as redis, dev_server() as address:
-        redis_url = redis.url
-        redis_client = await open_redis(redis_url)
-        try:
-            client = await connect_temporal(make_data_converter(redis_client), address=address)
-            with console.status("scale") as status:
-                for orders in sizes:
-                    status.update(f"{orders:,} orders in pages of {page_size:,}")
-                    await redis_client.flushdb()
-                    results.append(await measure(client, address, redis_url, orders, page_size))
-        finally:
-            await close_redis(redis_client)
+    async with servers() as running:
+        with console.status("scale") as status:
+            for orders in sizes:
+                status.update(f"{orders:,} orders in pages of {page_size:,}")
+                await running.redis.flushdb()
+                results.append(await measure(running, orders, page_size))
     time_ratio = orders_ratio = None
     if len(results) >= 2:
         time_ratio = round(results[-1].wall_seconds / results[-2].wall_seconds, 2)

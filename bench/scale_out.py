@@ -30,12 +30,10 @@ from bench._common import (
     machine_line,
     positive_int,
     run_main,
+    servers,
     worker_process,
 )
-from converter import make_data_converter
-from extras.processes import dev_server, redis_server
 from extras.report import batch_histories
-from extras.settings import close_redis, connect_temporal, open_redis
 from models import OrderBatchRequest
 from starter import start_batch
 
@@ -68,23 +66,17 @@ async def run(orders: int, pages_in_flight: int, rounds: int) -> ScaleOutResult:
     from bench._common import console
 
     seconds: dict[int, list[float]] = {1: [], 2: []}
-    with redis_server() as redis, dev_server() as address:
-        redis_url = redis.url
-        redis_client = await open_redis(redis_url)
-        try:
-            client = await connect_temporal(make_data_converter(redis_client), address=address)
-            for round_number in range(rounds):
-                for workers in (1, 2) if round_number % 2 == 0 else (2, 1):
-                    await redis_client.flushdb()
-                    with console.status(f"{orders:,} orders on {workers} worker(s)"):
-                        with contextlib.ExitStack() as stack:
-                            for _ in range(workers):
-                                stack.enter_context(worker_process(address, redis_url))
-                            seconds[workers].append(
-                                await wall_seconds(client, orders, pages_in_flight)
-                            )
-        finally:
-            await close_redis(redis_client)
+    async with servers() as running:
+        for round_number in range(rounds):
+            for workers in (1, 2) if round_number % 2 == 0 else (2, 1):
+                await running.redis.flushdb()
+                with console.status(f"{orders:,} orders on {workers} worker(s)"):
+                    with contextlib.ExitStack() as stack:
+                        for _ in range(workers):
+                            stack.enter_context(worker_process(running.address, running.redis_url))
+                        seconds[workers].append(
+                            await wall_seconds(running.client, orders, pages_in_flight)
+                        )
     one, two = statistics.median(seconds[1]), statistics.median(seconds[2])
     return ScaleOutResult(
         machine=machine(),

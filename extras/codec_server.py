@@ -61,6 +61,7 @@ from temporalio.exceptions import ApplicationError
 
 from extras.report import REFERENCE_MESSAGE_TYPE, storage_reference
 from extras.settings import ConfigError, data_converter, load_settings, redact_url
+from placeholders import WrappedDriver
 from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_payload_key
 
 DEFAULT_HOST = "127.0.0.1"
@@ -377,9 +378,9 @@ def _payloads_json(payloads: Sequence[Payload]) -> bytes:
 
 
 def _innermost(driver: StorageDriver) -> StorageDriver:
-    """The driver inside wrappers (metrics, placeholders), which expose it as ``wrapped``."""
-    while isinstance(inner := getattr(driver, "wrapped", None), StorageDriver):
-        driver = inner
+    """The driver inside wrappers (metrics, placeholders)."""
+    while isinstance(driver, WrappedDriver):
+        driver = driver.wrapped
     return driver
 
 

@@ -18,6 +18,8 @@ from temporalio.converter import (
 )
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from placeholders import WrappedDriver
+
 
 def prometheus_runtime(bind_address: str) -> Runtime:
     """A Temporal runtime serving ``http://{bind_address}/metrics`` for Prometheus to scrape.
@@ -33,7 +35,7 @@ def prometheus_runtime(bind_address: str) -> Runtime:
         ) from None
 
 
-class MeteredStorageDriver(StorageDriver):
+class MeteredStorageDriver(WrappedDriver):
     """Delegates to ``driver`` and records what it moves on ``meter``.
 
     Metrics (all tagged ``driver=<name>``): ``payloads_offloaded`` / ``payloads_fetched``
@@ -43,7 +45,7 @@ class MeteredStorageDriver(StorageDriver):
     """
 
     def __init__(self, driver: StorageDriver, meter: MetricMeter) -> None:
-        self.wrapped = driver
+        super().__init__(driver)
         meter = meter.with_additional_attributes({"driver": driver.name()})
         self._offloaded = meter.create_counter(
             "payloads_offloaded", "Payloads stored in external storage.", "payloads"
@@ -60,12 +62,6 @@ class MeteredStorageDriver(StorageDriver):
         self._latency = meter.create_histogram_timedelta(
             "payload_storage_latency", "Time for one store or retrieve call.", "duration"
         )
-
-    def name(self) -> str:
-        return self.wrapped.name()
-
-    def type(self) -> str:
-        return self.wrapped.type()
 
     async def store(
         self, context: StorageDriverStoreContext, payloads: Sequence[Payload]
