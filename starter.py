@@ -55,7 +55,6 @@ MAX_ORDER_COUNT = 1_000_000
 MAX_PAGE_SIZE = 25_000
 MAX_PAGES_IN_FLIGHT = 64
 MAX_BATCH_ID_LENGTH = 100
-KEYS_SHOWN = 3
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,23 +244,23 @@ async def _print_payload_report(
         console.print(Text(f"The payload report could not be built ({one_line(err)}).", "yellow"))
         return
     console.print(payload_table(report))
-    keys = report.redis_keys
-    for number, key in enumerate(keys[:KEYS_SHOWN], start=1):
-        console.print(Text(f"key {number}: {key}"), soft_wrap=True)
-    if len(keys) > KEYS_SHOWN:
+    if report.redis_pages:
+        count = len(report.redis_keys)
         console.print(
             Text(
-                f"... and {len(keys) - KEYS_SHOWN:,} more; list them with "
-                "uv run -m extras.payloads list --workflow-id ID (each page's workflow id)."
+                f"The order lists are in Redis under {count:,} key{'s' if count > 1 else ''}; "
+                "print a page's keys with:"
             )
         )
+        command = f"uv run -m extras.payloads list --keys --workflow-id {report.redis_pages[0]}"
+        console.print(Text(command), soft_wrap=True)
     if report.problem:
         console.print(Text(report.problem, "yellow"))
     console.print("See the history yourself (the batch, then a page with its order list):")
     console.print(Text(show_command(client, workflow_id)), soft_wrap=True)
-    if report.pages:
-        page_id, page_run = report.pages[0]
-        console.print(Text(show_command(client, page_id, page_run)), soft_wrap=True)
+    if report.redis_pages or report.pages:
+        page_id = report.redis_pages[0] if report.redis_pages else report.pages[0][0]
+        console.print(Text(show_command(client, page_id)), soft_wrap=True)
 
 
 def show_command(client: Client, workflow_id: str, run_id: str | None = None) -> str:

@@ -1,7 +1,7 @@
 """Inspect and clean up the payloads stored in Redis.
 
-    uv run -m extras.payloads list [--workflow-id ID]
-        what is stored, per workflow: count, bytes, TTL
+    uv run -m extras.payloads list [--workflow-id ID] [--keys]
+        what is stored, per workflow: count, bytes, TTL (or the full keys)
     uv run -m extras.payloads gc [--yes]
         delete payloads whose workflow run is gone, or closed and past the namespace's
         retention (a dry run without --yes)
@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import redis.asyncio
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from temporalio import activity
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -172,9 +174,15 @@ def _group_key(payload: StoredPayload) -> tuple[str, str, str]:
 
 
 async def list_payloads(
-    redis_client: RedisClient, key_prefix: str, console: Console, workflow_id: str | None = None
+    redis_client: RedisClient,
+    key_prefix: str,
+    console: Console,
+    workflow_id: str | None = None,
+    *,
+    keys_only: bool = False,
 ) -> None:
-    """Print stored payloads per namespace and workflow id (or one workflow's keys), with totals."""
+    """Print stored payloads per namespace and workflow id (or one workflow's keys), with
+    totals; with ``keys_only``, every full key on a line of its own."""
     groups: dict[tuple[str, str, str], PayloadGroup] = {}
     rows: list[StoredPayload] = []
     foreign = 0
@@ -186,35 +194,40 @@ async def list_payloads(
             rows.append(item)
         group_key = _group_key(item)
         groups.setdefault(group_key, PayloadGroup(*group_key)).add(item)
+    if keys_only:
+        for key in sorted(key for group in groups.values() for key in group.keys):
+            console.print(key, soft_wrap=True)
+        return
     total_count = sum(len(g.keys) for g in groups.values())
     total_bytes = sum(g.size_bytes for g in groups.values())
+    namespaces = sorted({group.namespace for group in groups.values()})
+    where = f" in namespace {namespaces[0]}" if len(namespaces) == 1 else ""
     if workflow_id is not None:
-        table = Table(title=f"Payloads of workflow {workflow_id}", title_justify="left")
-        for column in ("Namespace", "Run id", "Key (sha256)", "Bytes", "TTL"):
-            table.add_column(column, justify="right" if column in ("Bytes", "TTL") else "left")
+        table = _table(f"Payloads of workflow {workflow_id}{where}")
+        table.add_column("Run id", overflow="fold")
+        table.add_column("Key (sha256)")
+        table.add_column("Bytes", justify="right")
+        table.add_column("TTL", justify="right")
         for row in sorted(rows, key=lambda r: (r.namespace or "", r.run_id or "", r.key)):
             digest = row.key.rsplit(":", 1)[-1]
             table.add_row(
-                row.namespace or "-",
-                row.run_id or "- (workflow start)",
-                f"{digest[:16]}…",
+                _in(row.namespace, where) + (row.run_id or "- (workflow start)"),
+                f"{digest[:12]}…",
                 f"{row.size_bytes:,}",
                 _ttl([row.ttl_ms]),
             )
         table.add_section()
-        table.add_row("Total", "", _count(total_count, "payload"), f"{total_bytes:,}", "")
+        table.add_row("Total", _count(total_count, "payload"), f"{total_bytes:,}", "")
     else:
-        table = Table(title=f"Payloads under {key_prefix}", title_justify="left")
-        for column in ("Namespace", "Workflow type", "Workflow id", "Runs", "Payloads", "Bytes"):
-            table.add_column(
-                column, justify="right" if column in ("Runs", "Payloads", "Bytes") else "left"
-            )
-        table.add_column("TTL", justify="right")
+        table = _table(f"Payloads under {key_prefix}{where}")
+        table.add_column("Workflow id", overflow="fold", ratio=3)
+        table.add_column("Workflow type", overflow="fold", ratio=2)
+        for column in ("Runs", "Payloads", "Bytes", "TTL"):
+            table.add_column(column, justify="right")
         for group in sorted(groups.values(), key=lambda g: (g.namespace, g.owner)):
             table.add_row(
-                group.namespace,
+                _in(group.namespace, where) + group.owner,
                 group.type_name,
-                group.owner,
                 f"{len(group.run_ids):,}",
                 f"{len(group.keys):,}",
                 f"{group.size_bytes:,}",
@@ -222,13 +235,7 @@ async def list_payloads(
             )
         table.add_section()
         table.add_row(
-            "Total",
-            "",
-            _count(len(groups), "owner"),
-            "",
-            f"{total_count:,}",
-            f"{total_bytes:,}",
-            "",
+            "Total", _count(len(groups), "owner"), "", f"{total_count:,}", f"{total_bytes:,}", ""
         )
     console.print(table)
     if foreign:
@@ -236,6 +243,16 @@ async def list_payloads(
             f"{foreign:,} other keys under {key_prefix} are not in the driver's key layout "
             "and were left out."
         )
+
+
+def _table(title: str) -> Table:
+    """A table that fits 80 columns: no vertical rules, long ids folded over lines."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, expand=False)
+
+
+def _in(namespace: str | None, where: str) -> str:
+    """The namespace in front of an id, unless the table's title already names it."""
+    return "" if where else f"{namespace or '-'}: "
 
 
 def _ttl(ttls_ms: Sequence[int | None]) -> str:
@@ -382,20 +399,23 @@ async def delete_payloads(redis_client: RedisClient, runs: Sequence[GcRun]) -> i
 
 
 def gc_table(runs: Sequence[GcRun], key_prefix: str) -> Table:
-    table = Table(title=f"Garbage collection under {key_prefix}", title_justify="left")
-    for column in ("Namespace", "Workflow id", "Run id", "Payloads", "Bytes", "Verdict"):
-        table.add_column(column, justify="right" if column in ("Payloads", "Bytes") else "left")
+    """One row per run: its payloads, and whether gc deletes them and why."""
+    namespaces = sorted({run.group.namespace for run in runs})
+    where = f" in namespace {namespaces[0]}" if len(namespaces) == 1 else ""
+    table = _table(f"Garbage collection under {key_prefix}{where}")
+    table.add_column("Workflow id and run id", overflow="fold", ratio=3)
+    table.add_column("Payloads", justify="right")
+    table.add_column("Bytes", justify="right")
+    table.add_column("Verdict", overflow="fold", ratio=3)
     for run in sorted(runs, key=lambda r: (not r.verdict.delete, r.group.namespace, r.group.owner)):
         verdict = run.verdict
         table.add_row(
-            run.group.namespace,
-            run.group.owner,
-            run.run_id or "-",
+            f"{_in(run.group.namespace, where)}{run.group.owner}\n{run.run_id or '-'}",
             f"{len(run.group.keys):,}",
             f"{run.group.size_bytes:,}",
-            f"[red]delete[/]: {verdict.reason}"
-            if verdict.delete
-            else f"[green]keep[/]: {verdict.reason}",
+            Text.assemble(
+                ("delete", "red") if verdict.delete else ("keep", "green"), f": {verdict.reason}"
+            ),
         )
     return table
 
@@ -550,7 +570,9 @@ async def main(args: argparse.Namespace, console: Console) -> int:
     redis_client = await open_redis(settings.redis_url)
     try:
         if args.command == "list":
-            await list_payloads(redis_client, args.key_prefix, console, args.workflow_id)
+            await list_payloads(
+                redis_client, args.key_prefix, console, args.workflow_id, keys_only=args.keys
+            )
         else:
             client = await connect_temporal(DataConverter.default)
             await gc(
@@ -595,6 +617,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     list_parser.add_argument(
         "--workflow-id", type=_non_blank, default=None, help="show only this workflow's payloads"
     )
+    list_parser.add_argument(
+        "--keys", action="store_true", help="print the full keys, one a line, and nothing else"
+    )
     gc_parser = commands.add_parser("gc", help="delete payloads no workflow can read any more")
     gc_parser.add_argument("--yes", action="store_true", help="delete (default: dry run)")
     gc_parser.add_argument(
@@ -620,9 +645,10 @@ if __name__ == "__main__":
     if cli_args.when is not None:
         exit_without_finalizing(cleanup_schedule_command(cli_args, cli_args.when))
     try:
-        sys.exit(asyncio.run(main(cli_args, Console())))
+        # Ids and keys are printed as they are, never read as markup.
+        sys.exit(asyncio.run(main(cli_args, Console(markup=False, highlight=False))))
     except ConfigError as err:
-        Console(stderr=True).print(f"[red]payloads: {err}[/]")
+        Console(stderr=True).print(Text(f"payloads: {err}", "red"))
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import json_format
+from rich import box
 from rich.table import Table
 from rich.text import Text
 from temporalio.api.common.v1 import Payload
@@ -69,6 +70,7 @@ class PayloadHop:
 class PayloadReport:
     hops: list[PayloadHop]
     pages: list[tuple[str, str]]  # (workflow id, run id) of every page run
+    redis_pages: list[str]  # the workflow ids of the pages whose order list is in Redis
     problem: str | None = None  # why some payloads could not be measured, in one sentence
 
     @property
@@ -166,8 +168,12 @@ async def payload_report(
     hops: dict[str, PayloadHop] = {name: PayloadHop(name) for name in HOP_ORDER}
     originals: dict[str, int | None] = {}
     problems: list[str] = []
-    for events, is_page in [(r, False) for r in runs] + [(r, True) for r in page_runs]:
-        for name, payload in payloads_by_hop(events, page=is_page):
+    redis_pages: list[str] = []  # the pages whose order list is in Redis
+    histories = [(events, None) for events in runs] + [
+        (events, page_id) for events, (page_id, _) in zip(page_runs, pages, strict=True)
+    ]
+    for events, page_id in histories:
+        for name, payload in payloads_by_hop(events, page=page_id is not None):
             hop = hops.setdefault(name, PayloadHop(name))
             hop.count += 1
             hop.history_bytes += payload.ByteSize()
@@ -179,6 +185,8 @@ async def payload_report(
                 continue
             key = reference.claim_data.get("key", "?")
             hop.redis_keys.append(key)
+            if page_id is not None and page_id not in redis_pages:
+                redis_pages.append(page_id)
             hop.stored_bytes += sum(p.size_bytes for p in payload.external_payloads)
             if key not in originals:
                 originals[key] = await _stored_original_size(converter, reference, problems)
@@ -189,7 +197,13 @@ async def payload_report(
             f"Could not measure {len(problems)} payload{'s' if len(problems) > 1 else ''} "
             f"({problems[0]})."
         )
-    return PayloadReport([hop for hop in hops.values() if hop.count], pages, problem)
+    hop_list = [hop for hop in hops.values() if hop.count]
+    return PayloadReport(hop_list, pages, sorted(redis_pages, key=_page_number), problem)
+
+
+def _page_number(page_id: str) -> int:
+    number = page_id.rpartition("-page-")[2]
+    return int(number) if number.isdigit() else 0
 
 
 async def original_size(codec: PayloadCodec | None, payload: Payload) -> int | None:
@@ -283,23 +297,19 @@ def summary_table(summary: BatchSummary) -> Table:
 
 
 def payload_table(report: PayloadReport) -> Table:
-    """Where each kind of payload went; "key N" points into ``report.redis_keys``."""
-    keys = report.redis_keys
-    table = Table(title="Payloads in history", title_justify="left")
-    for column in ("Payload", "Stored", "Original", "Compressed", "In history"):
-        table.add_column(column, justify="left" if column in ("Payload", "Stored") else "right")
+    """Where each kind of payload went: how many (N), kept inline or in how many Redis keys,
+    and its size as written, after the codec, and in history."""
+    table = Table(title="Payloads in history", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("Payload", "N", "Kept", "Original", "Compressed", "In history"):
+        table.add_column(column, justify="left" if column in ("Payload", "Kept") else "right")
     for hop in report.hops:
-        name = hop.hop if hop.count == 1 else f"{hop.hop} x{hop.count:,}"
-        if hop.in_redis:
-            numbers = sorted({keys.index(key) + 1 for key in hop.redis_keys})
-            span = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
-            stored = Text(f"Redis, key{'s' if len(numbers) > 1 else ''} {span}", "yellow")
-        else:
-            stored = Text("inline", "green")
+        keys = len(set(hop.redis_keys))  # "Redis (2)": in two keys
+        kept = Text(f"Redis ({keys})", "yellow") if keys else Text("inline", "green")
         original = hop.original_bytes
         table.add_row(
-            name,
-            stored,
+            hop.hop,
+            f"{hop.count:,}",
+            kept,
             "?" if original is None else _size(original),
             _size(hop.stored_bytes) if original is None or hop.stored_bytes < original else "-",
             _size(hop.history_bytes),

@@ -483,7 +483,7 @@ def run_command(prog: str, command: Callable[[Client, Console], Awaitable[None]]
 
     async def main() -> None:
         async with connected_client(load_settings()) as client:
-            await command(client, Console())
+            await command(client, Console(markup=False, highlight=False))
 
     errors = Console(stderr=True)
     try:

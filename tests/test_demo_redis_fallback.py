@@ -41,4 +41,4 @@ async def test_demo_uses_embedded_redis_when_none_can_be_had(
             assert await run_batch(client, request, output) == 0
         assert len([key async for key in redis_client.scan_iter(match="temporalio:*")]) == 1
         await close_redis(redis_client)
-    assert "Redis, key 1" in output.export_text()
+    assert "Redis (1)" in output.export_text()

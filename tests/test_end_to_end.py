@@ -48,7 +48,7 @@ def test_worker_and_starter_then_workflow_show(
     redis_server: RedisServer,
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="200")
+    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="80")
     batch_id = f"e2e-{uuid.uuid4().hex[:8]}"
     starter = subprocess.run(
         ["uv", "run", "starter.py", "--batch-id", batch_id],
@@ -60,15 +60,17 @@ def test_worker_and_starter_then_workflow_show(
     )
     assert starter.returncode == 0, starter.stderr + starter.stdout
     lines = starter.stdout.strip().splitlines()
-    assert f"Started batch {batch_id} (5,000 orders, pages of 5,000)" in starter.stdout
+    assert f"Started batch {batch_id} (5,000 orders, pages of 5,000)" in " ".join(lines)
+    # An 80-column terminal holds every line but the commands to copy.
+    prose = [line for line in lines if not line.startswith(("temporal ", "uv run "))]
+    assert max(map(len, prose)) <= 80, starter.stdout
     assert "Payloads in history" in starter.stdout
-    assert starter.stdout.count("Redis, key 1") == 2  # the two order-list hops share a key
+    # The two order-list hops share one key.
+    assert starter.stdout.count("Redis (1)") == 2, starter.stdout
     # The last two lines: the batch's history, then its page's, which holds the order list.
     batch_show, show_command = lines[-2:]
     assert batch_show.startswith(f"temporal workflow show --workflow-id order-batch-{batch_id}")
-    assert show_command.startswith(
-        f"temporal workflow show --workflow-id order-batch-{batch_id}-page-1 --run-id "
-    )
+    assert show_command == f"temporal workflow show --workflow-id order-batch-{batch_id}-page-1"
 
     show = subprocess.run(
         ["uv", "run", *show_command.split(), "--output", "json"],

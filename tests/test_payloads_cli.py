@@ -29,13 +29,13 @@ ORDERS = 200
 
 
 def payloads_cli(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, *args: str
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, *args: str, columns: int = 250
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "REDIS_"))}
     env.update(
         TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
         REDIS_URL=redis_server.url,
-        COLUMNS="250",
+        COLUMNS=str(columns),
     )
     return subprocess.run(
         ["uv", "run", "-m", "extras.payloads", *args],
@@ -92,6 +92,14 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
     assert one.returncode == 0, one.stderr
     assert "- (workflow start)" in one.stdout and "1 payload " in one.stdout
     assert workflow_id_for(finished.batch_id) not in one.stdout
+
+    # On an 80-column terminal the tables fit; --keys prints the full keys, one a line.
+    for command in (["list"], ["list", "--workflow-id", workflow_id_for(running.batch_id)], ["gc"]):
+        narrow = payloads_cli(temporal_env, redis_server, *command, columns=80)
+        assert narrow.returncode == 0, narrow.stderr
+        assert max(map(len, narrow.stdout.splitlines())) <= 80, narrow.stdout
+    full = payloads_cli(temporal_env, redis_server, "list", "--keys", columns=80)
+    assert set(full.stdout.split()) == before
 
     dry = payloads_cli(temporal_env, redis_server, "gc", "--grace-minutes", "0")
     assert dry.returncode == 0, dry.stderr

@@ -215,7 +215,7 @@ def test_protected_redis_works_and_the_password_is_never_printed(
         worker_log = worker.communicate(timeout=30)[1]
 
     assert starter.returncode == 0, starter.stdout + starter.stderr
-    assert starter.stdout.count("Redis, key 1") == 2  # the order list really went to Redis
+    assert starter.stdout.count("Redis (1)") == 2  # the order list really went to Redis
     assert "Worker polling task queue" in worker_log and ":***@127.0.0.1" in worker_log
     for output in (worker_log, starter.stdout, starter.stderr):
         assert PASSWORD not in output
