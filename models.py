@@ -9,8 +9,9 @@ TASK_QUEUE = "order-batches"
 # hundred KiB after compression, so it travels through Redis.
 DEFAULT_PAGE_SIZE = 5_000
 # Pages of one batch at once: enough to keep one worker process busy on 2 cores, few enough
-# that small batches next to it stay quick. Raise it (about 4 per worker process) when more
-# workers share big batches.
+# that small batches next to it stay quick. When more workers share big batches, raise it to
+# about 6 per worker process (bench/scale_out.py): a few more pages than activity threads
+# keep every worker busy while a finished page hands over to the next.
 DEFAULT_PAGES_IN_FLIGHT = 4
 
 

@@ -32,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from extras.report import payload_report, payload_table, summary_table
 from extras.schedules import add_schedule_arguments, batch_schedule_command, when_from_args
 from extras.settings import (
+    ArgumentParser,
     ConfigError,
     connected_client,
     exit_without_finalizing,
@@ -75,8 +76,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         "--pages-in-flight",
         type=_whole_number("--pages-in-flight", MAX_PAGES_IN_FLIGHT, "8"),
         default=DEFAULT_PAGES_IN_FLIGHT,
-        help=f"pages processed at once (default {DEFAULT_PAGES_IN_FLIGHT}; about 4 per worker "
-        "process)",
+        help=f"pages processed at once (default {DEFAULT_PAGES_IN_FLIGHT}; with more workers, "
+        "about 6 per worker process)",
     )
     parser.add_argument(
         "--batch-id",
@@ -283,7 +284,7 @@ async def main(request: OrderBatchRequest) -> int:
 
 
 if __name__ == "__main__":
-    arg_parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    arg_parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_batch_arguments(arg_parser)
     add_schedule_arguments(arg_parser, one_off=True)
     cli_args = arg_parser.parse_args()

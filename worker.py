@@ -33,6 +33,7 @@ from extras.redis_checks import payload_risks_at
 from extras.sample_data import generate_orders
 from extras.scheduled_workflows import PayloadCleanupWorkflow, ScheduledOrderBatchWorkflow
 from extras.settings import (
+    ArgumentParser,
     ConfigError,
     connected_client,
     exit_without_finalizing,
@@ -178,7 +179,7 @@ def _port(raw: str) -> int:
 
 
 if __name__ == "__main__":
-    arg_parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    arg_parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     arg_parser.add_argument(
         "--metrics-port",
         type=_port,

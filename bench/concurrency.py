@@ -6,7 +6,6 @@ redis-server of the benchmark's own: all must complete; total wall time and orde
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -27,7 +26,7 @@ from bench._common import (
     servers,
     worker_process,
 )
-from extras.settings import ConfigError
+from extras.settings import ArgumentParser, ConfigError
 from models import OrderBatchRequest
 from starter import DEFAULT_ORDER_COUNT, start_batch
 
@@ -108,7 +107,7 @@ def table(result: ConcurrencyResult) -> Table:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--batches",
         type=positive_int,

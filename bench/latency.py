@@ -10,7 +10,6 @@ its end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -32,7 +31,7 @@ from bench._common import (
     servers,
     worker_process,
 )
-from extras.settings import ConfigError
+from extras.settings import ArgumentParser, ConfigError
 from models import OrderBatchRequest
 from starter import start_batch
 
@@ -119,7 +118,7 @@ def table(result: LatencyResult) -> Table:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=positive_int, default=100, help="orders (default 100)")
     parser.add_argument(
         "--large", type=positive_int, default=200_000, help="orders (default 200000)"

@@ -15,7 +15,6 @@ is the median of the rounds.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import functools
@@ -50,7 +49,7 @@ from codec import ZSTD_LEVEL
 from converter import make_data_converter
 from extras.processes import redis_server
 from extras.sample_data import generate_orders
-from extras.settings import close_redis, open_redis
+from extras.settings import ArgumentParser, close_redis, open_redis
 from json_converter import gc_paused
 from models import OrderPage
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
@@ -397,7 +396,7 @@ async def run(data_sets: dict[str, list[int]], rounds: int) -> PipelineResult:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--orders",
         type=positive_ints,

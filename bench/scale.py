@@ -2,7 +2,7 @@
 as processes of their own (a fresh worker per batch, so its peak RSS is that batch's), on a
 dev server and a redis-server of the benchmark's own.
 
-    uv run python -m bench.scale [--orders 10000,100000,1000000] [--page-size 10000] [--json]
+    uv run python -m bench.scale [--orders 10000,100000,1000000] [--page-size 5000] [--json]
 
 For each batch: its wall time (first run's start to last run's close, from history), the
 worker's and the starter's peak RSS, the slowest workflow task of the batch and its pages,
@@ -11,7 +11,6 @@ and the order lists' JSON and compressed size.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
@@ -38,7 +37,7 @@ from bench._common import (
     worker_process,
 )
 from extras.report import batch_histories, payload_report
-from extras.settings import ConfigError
+from extras.settings import ArgumentParser, ConfigError
 from models import DEFAULT_PAGE_SIZE, workflow_id_for
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
@@ -176,7 +175,7 @@ def table(result: ScaleResult) -> Table:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--orders",
         type=positive_ints,

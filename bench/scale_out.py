@@ -1,7 +1,7 @@
 """One large batch on one worker process, then the same size on two, on this machine: the
 paged batch spreads its pages over every worker that polls the task queue.
 
-    uv run python -m bench.scale_out [--orders 1000000] [--pages-in-flight 8] [--rounds 2]
+    uv run python -m bench.scale_out [--orders 1000000] [--pages-in-flight 12] [--rounds 2]
                                      [--json]
 
 Rounds alternate one worker and two on a dev server and a redis-server of the benchmark's
@@ -11,7 +11,6 @@ each figure is the median of the rounds (a shared 2-core machine is noisy).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import statistics
@@ -34,6 +33,7 @@ from bench._common import (
     worker_process,
 )
 from extras.report import batch_histories
+from extras.settings import ArgumentParser
 from models import OrderBatchRequest
 from starter import start_batch
 
@@ -111,15 +111,15 @@ def table(result: ScaleOutResult) -> Table:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--orders", type=positive_int, default=1_000_000, help="orders (default 1000000)"
     )
     parser.add_argument(
         "--pages-in-flight",
         type=positive_int,
-        default=8,
-        help="pages at once, in both runs (default 8: about 4 per worker process)",
+        default=12,
+        help="pages at once, in both runs (default 12: about 6 per worker process)",
     )
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of each (default 2)")
     add_json_flag(parser)

@@ -60,7 +60,7 @@ from temporalio.converter import (
 from temporalio.exceptions import ApplicationError
 
 from extras.report import REFERENCE_MESSAGE_TYPE, storage_reference
-from extras.settings import ConfigError, data_converter, load_settings, redact_url
+from extras.settings import ArgumentParser, ConfigError, data_converter, load_settings, redact_url
 from placeholders import WrappedDriver
 from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_payload_key
 
@@ -643,7 +643,6 @@ async def main(args: argparse.Namespace) -> None:
                 f"payloads in Redis at {redact_url(settings.redis_url)}, "
                 + ("token required." if args.auth_token else "no token (local use only).")
                 + " Ctrl+C to stop.",
-                soft_wrap=True,
                 highlight=False,
                 markup=False,
             )
@@ -652,9 +651,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        prog="extras.codec_server", description=__doc__.split("\n\n")[0]
-    )
+    parser = ArgumentParser(prog="extras.codec_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port to listen on")
     parser.add_argument(

@@ -24,6 +24,7 @@ from extras.codec_server import build_app, serve
 from extras.processes import dev_server, free_port, redis_server
 from extras.settings import (
     DEFAULT_REDIS_URL,
+    ArgumentParser,
     ConfigError,
     close_redis,
     connected_client,
@@ -124,7 +125,7 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="extras.demo", description=__doc__)
+    parser = ArgumentParser(prog="extras.demo", description=__doc__)
     add_batch_arguments(parser)
     parser.add_argument(
         "--keep-running",

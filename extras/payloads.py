@@ -9,8 +9,7 @@
         the same on a Temporal Schedule, run by the worker
 
 Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
-does not block Redis. `gc` is a dry run unless `--yes` is given. The scheduled clean-up is the
-``collect_payload_garbage`` activity below; it runs the same :func:`collect_garbage`.
+does not block Redis. The scheduled clean-up runs the same code in the worker.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from extras.scheduled_workflows import (
 )
 from extras.schedules import add_schedule_arguments, cleanup_schedule_command, when_from_args
 from extras.settings import (
+    ArgumentParser,
     ConfigError,
     close_redis,
     connect_temporal,
@@ -220,14 +220,14 @@ async def list_payloads(
         table.add_row("Total", _count(total_count, "payload"), f"{total_bytes:,}", "")
     else:
         table = _table(f"Payloads under {key_prefix}{where}")
-        table.add_column("Workflow id", overflow="fold", ratio=3)
-        table.add_column("Workflow type", overflow="fold", ratio=2)
+        table.add_column("Workflow id and type", overflow="fold")
         for column in ("Runs", "Payloads", "Bytes", "TTL"):
             table.add_column(column, justify="right")
         for group in sorted(groups.values(), key=lambda g: (g.namespace, g.owner)):
             table.add_row(
-                _in(group.namespace, where) + group.owner,
-                group.type_name,
+                Text.assemble(
+                    _in(group.namespace, where) + group.owner, "\n", (group.type_name, "dim")
+                ),
                 f"{len(group.run_ids):,}",
                 f"{len(group.keys):,}",
                 f"{group.size_bytes:,}",
@@ -235,7 +235,11 @@ async def list_payloads(
             )
         table.add_section()
         table.add_row(
-            "Total", _count(len(groups), "owner"), "", f"{total_count:,}", f"{total_bytes:,}", ""
+            f"Total: {_count(len(groups), 'workflow')}",
+            "",
+            f"{total_count:,}",
+            f"{total_bytes:,}",
+            "",
         )
     console.print(table)
     if foreign:
@@ -403,10 +407,11 @@ def gc_table(runs: Sequence[GcRun], key_prefix: str) -> Table:
     namespaces = sorted({run.group.namespace for run in runs})
     where = f" in namespace {namespaces[0]}" if len(namespaces) == 1 else ""
     table = _table(f"Garbage collection under {key_prefix}{where}")
-    table.add_column("Workflow id and run id", overflow="fold", ratio=3)
+    # A run id (36 characters) fits on one line; the verdict wraps.
+    table.add_column("Workflow id and run id", overflow="fold", width=36)
     table.add_column("Payloads", justify="right")
     table.add_column("Bytes", justify="right")
-    table.add_column("Verdict", overflow="fold", ratio=3)
+    table.add_column("Verdict", overflow="fold")
     for run in sorted(runs, key=lambda r: (not r.verdict.delete, r.group.namespace, r.group.owner)):
         verdict = run.verdict
         table.add_row(
@@ -601,7 +606,7 @@ def _minutes(raw: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="extras.payloads",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -10,11 +10,14 @@ place that opens Redis (:func:`open_redis`) and builds the DataConverter from se
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import re
+import shutil
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,6 +54,16 @@ REDIS_HEALTH_CHECK_SECONDS = 15
 # limit.blobSize.error); a threshold above it would leave payloads inline that it refuses.
 DEFAULT_SERVICE_PAYLOAD_LIMIT = 2 * 1024 * 1024
 MAX_TTL_SECONDS = 10 * 366 * 24 * 3600  # ten years
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose error message wraps at the terminal's width, like the rest of the
+    scripts' output (80 columns when it is not a terminal)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        width = shutil.get_terminal_size((80, 24)).columns
+        self.exit(2, textwrap.fill(f"{self.prog}: error: {message}", width) + "\n")
 
 
 class ConfigError(Exception):

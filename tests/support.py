@@ -364,6 +364,14 @@ def run_script(
     return result, time.monotonic() - started
 
 
+def usage_error(stderr: str, prog: str) -> str:
+    """argparse's error sentence (after the usage), as one line; no traceback."""
+    assert "Traceback" not in stderr, stderr
+    assert "usage: " in stderr, stderr
+    start = stderr.rindex(prog, 0, stderr.rindex(": error: "))
+    return " ".join(stderr[start:].split())
+
+
 def one_sentence(output: str) -> str:
     """The output as one line; it must be a single sentence, not a traceback."""
     assert "Traceback" not in output, output

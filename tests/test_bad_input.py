@@ -25,6 +25,7 @@ from tests.support import (
     run_script,
     start_worker,
     undisturbed_summary,
+    usage_error,
 )
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
@@ -58,9 +59,7 @@ def test_bad_starter_flags_are_refused_in_one_sentence(args: list[str], expected
     result, _ = run_script("starter.py", *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    usage, error = result.stderr.strip().splitlines()[-2:]
-    assert usage.startswith("usage: starter.py") or usage.startswith(" "), result.stderr
-    assert error.startswith("starter.py: error: ") and expected in error, error
+    assert expected in usage_error(result.stderr, "starter.py")
 
 
 # Each (setting, value, what the one sentence must say); {port} is a port nothing listens on.

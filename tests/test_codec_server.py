@@ -754,7 +754,10 @@ def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[st
     )
     assert process.stderr is not None
     try:
-        banner = process.stderr.readline()
+        banner = ""
+        while "Ctrl+C to stop." not in banner and process.poll() is None:
+            banner += process.stderr.readline()
+        banner = " ".join(banner.split())
         assert f"Codec server at http://127.0.0.1:{port}" in banner and "token required" in banner
         request = json.dumps(body([Payload(metadata={"encoding": b"json/plain"}, data=b"1")]))
 

@@ -63,6 +63,7 @@ from tests.support import (
     start_with_fetch_scheduled,
     start_worker,
     undisturbed_summary,
+    usage_error,
     user_env,
 )
 from worker import build_worker
@@ -358,9 +359,7 @@ def test_bad_schedule_flags_end_in_one_sentence(
     result, _ = run_script(script, *args, TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url)
     assert result.returncode == code, result.stdout + result.stderr
     if code == 2:  # argparse: the usage, then one line
-        error = result.stderr.strip().splitlines()[-1]
-        assert error.startswith(f"{script}") and expected in error, result.stderr
-        assert "Traceback" not in result.stderr
+        assert expected in usage_error(result.stderr, script), result.stderr
     else:
         assert expected in one_sentence(result.stderr)
     assert not result.stdout
