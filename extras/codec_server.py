@@ -687,6 +687,6 @@ if __name__ == "__main__":
         asyncio.run(main(parser.parse_args()))
     except ConfigError as err:
         Console(stderr=True).print(
-            f"codec_server: {err}", style="red", soft_wrap=True, markup=False, highlight=False
+            f"codec_server: {err}", style="red", markup=False, highlight=False
         )
         sys.exit(1)

@@ -108,7 +108,6 @@ async def run_demo(args: argparse.Namespace) -> int:
                 console.print(
                     f"Add --codec-endpoint {codec_endpoint} to the command above to read the "
                     "orders.",
-                    soft_wrap=True,
                     highlight=False,
                 )
                 console.print(

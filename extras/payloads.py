@@ -49,7 +49,9 @@ from extras.settings import (
     connect_temporal,
     exit_without_finalizing,
     load_settings,
+    one_line,
     open_redis,
+    redact_url,
 )
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
 
@@ -115,7 +117,7 @@ async def _measure(
     redis_client: RedisClient, key_prefix: str, keys: list[str]
 ) -> list[StoredPayload | str]:
     """Idle time first (STRLEN counts as a read and would reset it), then size and TTL."""
-    pipe = redis_client.pipeline()
+    pipe = redis_client.pipeline(transaction=False)
     for key in keys:
         pipe.execute_command("OBJECT", "IDLETIME", key)
         pipe.strlen(key)
@@ -395,7 +397,7 @@ async def delete_payloads(redis_client: RedisClient, runs: Sequence[GcRun]) -> i
     keys = [key for run in runs if run.verdict.delete for key in run.group.keys]
     deleted = 0
     for start in range(0, len(keys), SCAN_COUNT):
-        pipe = redis_client.pipeline()
+        pipe = redis_client.pipeline(transaction=False)
         for key in keys[start : start + SCAN_COUNT]:
             pipe.unlink(key)
         deleted += sum(int(n) for n in await pipe.execute())
@@ -588,6 +590,12 @@ async def main(args: argparse.Namespace, console: Console) -> int:
                 yes=args.yes,
                 grace=timedelta(minutes=args.grace_minutes),
             )
+    except redis.exceptions.RedisError as err:
+        # e.g. an ACL user without SCAN, or Redis gone for longer than the retries last
+        raise ConfigError(
+            f"Redis at {redact_url(settings.redis_url)} did not answer ({one_line(err)}); this "
+            "tool needs SCAN, STRLEN, PTTL, OBJECT and, for gc --yes, UNLINK on the payload keys."
+        ) from None
     finally:
         await close_redis(redis_client)
     return 0

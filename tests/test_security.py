@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+import redis
 import redis.asyncio
 import zstandard
 from cryptography import x509
@@ -25,6 +26,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
+from temporalio.converter import StorageDriverWorkflowInfo
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -40,13 +42,16 @@ from extras.report import payload_report, payloads_by_hop, storage_reference
 from extras.sample_data import generate_orders
 from extras.settings import ConfigError, load_settings, open_redis
 from models import TASK_QUEUE, OrderBatchRequest, OrderPage, workflow_id_for
+from redis_driver import payload_key
 from starter import run_batch, start_batch
 from tests.support import (
     PROJECT_DIR,
     RedisServer,
     client_with,
     history,
+    one_sentence,
     page_handle,
+    run_script,
     undisturbed_summary,
     user_env,
 )
@@ -175,7 +180,10 @@ def start_secured_redis(server: RedisServer, kind: str, tmp_path: Path) -> str:
         # Least privilege: only the payload keys, only the commands the sample sends.
         server.start("--user", "default", "off",
                      "--user", "payloads", "on", f">{PASSWORD}", "~temporalio:payloads:*",
-                     "+ping", "+get", "+set")  # fmt: skip
+                     "+ping", "+get", "+set",
+                     # The payload tools (docs/security.md): list and clean up, nothing else.
+                     "--user", "payload-tools", "on", f">{PASSWORD}", "~temporalio:payloads:*",
+                     "+ping", "+scan", "+strlen", "+pttl", "+object", "+unlink")  # fmt: skip
         return f"redis://payloads:{PASSWORD}@127.0.0.1:{server.port}/0"
     ca, cert, key = make_tls_files(tmp_path)
     server.start("--port", "0", "--tls-port", str(server.port), "--tls-cert-file", str(cert),
@@ -237,6 +245,28 @@ async def test_wrong_credentials_or_certificate_are_one_sentence_without_the_pas
     assert message.startswith("Could not reach Redis at ")
     assert "***" in message and PASSWORD not in message
     assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_the_payload_tools_need_only_the_documented_commands(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    worker_url = start_secured_redis(own_redis, "acl-user", tmp_path)
+    tools_url = worker_url.replace("payloads:", "payload-tools:", 1)
+    target = StorageDriverWorkflowInfo(id="acl-batch", type="T", run_id="r", namespace="default")
+    with redis.Redis.from_url(worker_url) as client:
+        client.set(payload_key("temporalio:payloads", target, "ab" * 32), b"payload")
+
+    # The workers' user may not SCAN: one sentence naming what the tool needs.
+    denied, _ = run_script("extras.payloads", "list", REDIS_URL=worker_url)
+    assert denied.returncode == 1
+    sentence = one_sentence(denied.stderr)
+    assert "no permissions to run the 'scan' command" in sentence
+    assert "this tool needs SCAN, STRLEN, PTTL, OBJECT" in sentence and PASSWORD not in sentence
+
+    listed, _ = run_script("extras.payloads", "list", REDIS_URL=tools_url)
+    assert listed.returncode == 0, listed.stderr
+    assert "acl-batch" in listed.stdout and "Total: 1 workflow" in listed.stdout
 
 
 # --- payloads encrypted at rest ----------------------------------------------------------------
