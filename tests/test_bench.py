@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import PROJECT_DIR
+from tests.support import PROJECT_DIR, usage_error
 
 pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
 
@@ -88,5 +88,5 @@ def test_concurrency_completes_every_batch() -> None:
 def test_bad_flag_gets_one_clear_line() -> None:
     finished = run_bench("bench.pipeline", "--orders", "ten")
     assert finished.returncode == 2
-    assert "'ten' is not a comma-separated list of numbers >= 1" in finished.stderr
-    assert "Traceback" not in finished.stderr
+    error = usage_error(finished.stderr, "pipeline.py")
+    assert "'ten' is not a comma-separated list of numbers >= 1" in error

@@ -757,8 +757,7 @@ def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[st
     try:
         banner = ""
         while "Ctrl+C to stop." not in banner and process.poll() is None:
-            banner += process.stderr.readline()
-        banner = " ".join(banner.split())
+            banner = " ".join((banner + " " + process.stderr.readline()).split())
         assert f"Codec server at http://127.0.0.1:{port}" in banner and "token required" in banner
         request = json.dumps(body([Payload(metadata={"encoding": b"json/plain"}, data=b"1")]))
 
