@@ -12,13 +12,10 @@ import asyncio
 import functools
 import logging
 import os
-import shutil
 import signal
 import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -35,6 +32,7 @@ from extras.scheduled_workflows import PayloadCleanupWorkflow, ScheduledOrderBat
 from extras.settings import (
     ArgumentParser,
     ConfigError,
+    WrappingFormatter,
     connected_client,
     exit_without_finalizing,
     load_settings,
@@ -87,36 +85,10 @@ def activity_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="activity")
 
 
-class _WrappingFormatter(logging.Formatter):
-    """Wraps log lines to the terminal's width, and shows an exception as its one-line cause
-    instead of a traceback (a failed attempt is expected; Temporal retries it). Plain stdlib:
-    workflow code logs from inside the sandbox, where a third-party handler's lazy imports
-    would fail."""
-
-    def formatException(self, ei: Any) -> str:
-        causes, error = [], ei[1]
-        while error is not None:
-            causes.append(
-                f"{getattr(error, 'type', None) or type(error).__name__}: {one_line(error)}"
-            )
-            error = error.__cause__
-        return "  caused by " + " <- ".join(causes)
-
-    def format(self, record: logging.LogRecord) -> str:
-        width = shutil.get_terminal_size((80, 24)).columns
-        return textwrap.fill(
-            super().format(record),
-            width=width,
-            subsequent_indent="  ",
-            break_long_words=False,  # keys and ids stay whole, so they can be copied
-            break_on_hyphens=False,
-        )
-
-
 def configure_logging() -> None:
     """Workflow and activity log lines (a re-run page, a resumed activity) on stderr."""
     handler = logging.StreamHandler()
-    handler.setFormatter(_WrappingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(WrappingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     for name in ("temporalio.workflow", "temporalio.activity"):
         logging.getLogger(name).setLevel(logging.INFO)

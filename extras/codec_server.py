@@ -60,7 +60,14 @@ from temporalio.converter import (
 from temporalio.exceptions import ApplicationError
 
 from extras.report import REFERENCE_MESSAGE_TYPE, storage_reference
-from extras.settings import ArgumentParser, ConfigError, data_converter, load_settings, redact_url
+from extras.settings import (
+    ArgumentParser,
+    ConfigError,
+    WrappingFormatter,
+    data_converter,
+    load_settings,
+    redact_url,
+)
 from placeholders import WrappedDriver
 from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_payload_key
 
@@ -682,7 +689,9 @@ if __name__ == "__main__":
         default=DEFAULT_MAX_BODY_SIZE,
         help=f"largest request body in bytes (default {DEFAULT_MAX_BODY_SIZE})",
     )
-    logging.basicConfig(level=logging.WARNING, format="codec server: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(WrappingFormatter("codec server: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         asyncio.run(main(parser.parse_args()))
     except ConfigError as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -64,6 +65,32 @@ class ArgumentParser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         width = shutil.get_terminal_size((80, 24)).columns
         self.exit(2, textwrap.fill(f"{self.prog}: error: {message}", width) + "\n")
+
+
+class WrappingFormatter(logging.Formatter):
+    """Wraps log lines to the terminal's width, and shows an exception as its one-line cause
+    instead of a traceback (a failed attempt is expected; Temporal retries it). Plain stdlib:
+    workflow code logs from inside the sandbox, where a third-party handler's lazy imports
+    would fail."""
+
+    def formatException(self, ei: Any) -> str:
+        causes, error = [], ei[1]
+        while error is not None:
+            causes.append(
+                f"{getattr(error, 'type', None) or type(error).__name__}: {one_line(error)}"
+            )
+            error = error.__cause__
+        return "  caused by " + " <- ".join(causes)
+
+    def format(self, record: logging.LogRecord) -> str:
+        width = shutil.get_terminal_size((80, 24)).columns
+        return textwrap.fill(
+            super().format(record),
+            width=width,
+            subsequent_indent="  ",
+            break_long_words=False,  # keys and ids stay whole, so they can be copied
+            break_on_hyphens=False,
+        )
 
 
 class ConfigError(Exception):
