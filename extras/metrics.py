@@ -1,9 +1,12 @@
-"""Prometheus metrics for the worker: the SDK's own, plus payloads offloaded to and fetched from
-Redis (count, bytes, latency), recorded by a driver wrapper so the Redis driver stays pure.
+"""The worker's Temporal runtime: the SDK core's log lines through Python logging (so they are
+formatted like the worker's own), and optionally Prometheus metrics: the SDK's own, plus
+payloads offloaded to and fetched from Redis (count, bytes, latency), recorded by a driver
+wrapper so the Redis driver stays pure.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -16,21 +19,44 @@ from temporalio.converter import (
     StorageDriverRetrieveContext,
     StorageDriverStoreContext,
 )
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from placeholders import WrappedDriver
 
+# The SDK core's warnings and errors go to this logger, without their extra fields: a failed
+# workflow task's fields hold the whole failure, stack trace included, which the worker's own
+# log line already gives as its one-line cause.
+CORE_LOGGER = logging.getLogger("temporalio.core")
 
-def prometheus_runtime(bind_address: str) -> Runtime:
-    """A Temporal runtime serving ``http://{bind_address}/metrics`` for Prometheus to scrape.
+
+def worker_runtime(metrics_address: str | None = None) -> Runtime:
+    """A Temporal runtime whose core logs go to :data:`CORE_LOGGER`; with ``metrics_address``,
+    it also serves ``http://{metrics_address}/metrics`` for Prometheus to scrape.
 
     Raises ``ValueError`` with one clear sentence when the address cannot be served.
     """
+    logging_config = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(
+            logger=CORE_LOGGER,
+            append_target_to_name=False,
+            prepend_target_on_message=False,
+            append_log_fields_to_message=False,
+        ),
+    )
+    metrics = PrometheusConfig(metrics_address) if metrics_address else None
     try:
-        return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address)))
+        return Runtime(telemetry=TelemetryConfig(logging=logging_config, metrics=metrics))
     except Exception as err:
         raise ValueError(
-            f"Cannot serve metrics on {bind_address} ({' '.join(str(err).split())[:200]}); "
+            f"Cannot serve metrics on {metrics_address} ({' '.join(str(err).split())[:200]}); "
             "pick a free port with --metrics-port."
         ) from None
 

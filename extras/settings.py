@@ -76,9 +76,9 @@ class WrappingFormatter(logging.Formatter):
     def formatException(self, ei: Any) -> str:
         causes, error = [], ei[1]
         while error is not None:
-            causes.append(
-                f"{getattr(error, 'type', None) or type(error).__name__}: {one_line(error)}"
-            )
+            name = getattr(error, "type", None) or type(error).__name__
+            text = " ".join(str(error).split())[:500]  # long enough for a whole payload key
+            causes.append(text if text.startswith(f"{name}: ") else f"{name}: {text}")
             error = error.__cause__
         return "  caused by " + " <- ".join(causes)
 

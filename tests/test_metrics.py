@@ -3,6 +3,7 @@ payloads the worker offloaded to and fetched from Redis."""
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import subprocess
@@ -15,8 +16,10 @@ import redis.asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
+from extras.metrics import CORE_LOGGER, worker_runtime
 from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
 from tests.support import PROJECT_DIR, RedisServer, client_with, free_port, start_worker, user_env
+from worker import configure_logging
 from workflows import ProcessOrderBatchWorkflow
 
 pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
@@ -110,3 +113,19 @@ def test_metrics_port_in_use_is_one_clear_sentence(
     assert f"worker: Cannot serve metrics on 0.0.0.0:{port}" in worker.stderr
     assert "pick a free port with --metrics-port" in worker.stderr
     assert "Traceback" not in worker.stderr
+
+
+def test_core_warnings_reach_the_worker_log_without_the_failure_dump(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The SDK core's warnings go through Python logging (wrapped like the worker's own lines);
+    its "Failing workflow task" line, whose fields hold a whole stack trace, is dropped: the
+    worker's Python side has just logged the same failure as its one-line cause."""
+    assert worker_runtime() is not None  # forwarding configured, no metrics
+    configure_logging()
+    caplog.set_level(logging.WARNING, logger=CORE_LOGGER.name)
+    CORE_LOGGER.warning("Failing workflow task")
+    CORE_LOGGER.warning("[TMPRL1104] Workflow task duration exceeded 5 seconds.")
+    assert [r.getMessage() for r in caplog.records if r.name == CORE_LOGGER.name] == [
+        "[TMPRL1104] Workflow task duration exceeded 5 seconds."
+    ]
