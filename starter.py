@@ -55,6 +55,8 @@ MAX_ORDER_COUNT = 1_000_000
 # A page's JSON must stay under the driver's 50 MiB max_payload_size: 25,000 orders are ~28 MiB.
 MAX_PAGE_SIZE = 25_000
 MAX_PAGES_IN_FLIGHT = 64
+# A batch is at most this many pages (child workflows), so it finishes in minutes, not hours.
+MAX_PAGES = 1_000
 MAX_BATCH_ID_LENGTH = 100
 
 
@@ -70,7 +72,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         "--page-size",
         type=_whole_number("--page-size", MAX_PAGE_SIZE, "10000"),
         default=DEFAULT_PAGE_SIZE,
-        help=f"orders per page (default {DEFAULT_PAGE_SIZE:,}, at most {MAX_PAGE_SIZE:,})",
+        help=f"orders per page (default {DEFAULT_PAGE_SIZE:,}, at most {MAX_PAGE_SIZE:,}; "
+        f"a batch is at most {MAX_PAGES:,} pages)",
     )
     parser.add_argument(
         "--pages-in-flight",
@@ -85,6 +88,17 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="batch id (default: BATCH-<current UTC time>); the same id never runs twice",
     )
+
+
+def check_batch_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, in one sentence, a batch of more than MAX_PAGES pages."""
+    pages = -(-args.orders // args.page_size)
+    if pages > MAX_PAGES:
+        parser.error(
+            f"--orders {args.orders} in pages of {args.page_size} makes {pages:,} pages, over "
+            f"this sample's {MAX_PAGES:,}; pass --page-size "
+            f"{-(-args.orders // MAX_PAGES)} or more"
+        )
 
 
 def request_from_args(args: argparse.Namespace) -> OrderBatchRequest:
@@ -288,6 +302,7 @@ if __name__ == "__main__":
     add_batch_arguments(arg_parser)
     add_schedule_arguments(arg_parser, one_off=True)
     cli_args = arg_parser.parse_args()
+    check_batch_arguments(arg_parser, cli_args)
     when = when_from_args(arg_parser, cli_args)
     if when is not None:
         exit_without_finalizing(

@@ -33,7 +33,7 @@ from extras.settings import (
     open_redis,
     redact_url,
 )
-from starter import add_batch_arguments, request_from_args, run_batch
+from starter import add_batch_arguments, check_batch_arguments, request_from_args, run_batch
 from worker import build_worker
 
 # Text from settings and servers is printed as it is, never read as markup.
@@ -132,6 +132,7 @@ def main() -> int:
         help="keep the dev server and its Web UI up after the batch, until Ctrl+C",
     )
     args = parser.parse_args()
+    check_batch_arguments(parser, args)
     try:
         return asyncio.run(run_demo(args))
     except ConfigError as err:

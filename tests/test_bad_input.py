@@ -53,6 +53,10 @@ KEY = "2025-11:" + "A" * 43 + "="
         (["--batch-id", "   "], "argument --batch-id: a batch id must be 1 to 100 printable"),
         (["--batch-id", "a\nb"], "argument --batch-id: a batch id must be 1 to 100 printable"),
         (["--batch-id", "B" * 101], "but this one has 101 characters"),
+        (
+            ["--orders", "1000000", "--page-size", "999"],
+            "makes 1,002 pages, over this sample's 1,000; pass --page-size 1000 or more",
+        ),
     ],
 )
 def test_bad_starter_flags_are_refused_in_one_sentence(args: list[str], expected: str) -> None:
