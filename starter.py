@@ -185,7 +185,7 @@ async def wait_with_status(handle: WorkflowHandle[Any, BatchSummary], console: C
                 )
                 doing = f"{done:,} of {total:,} pages done"
             except (RPCError, WorkflowQueryFailedError):
-                doing = "waiting for a worker"
+                doing = "waiting for a worker (uv run worker.py)"
             status.update(Text(f"{handle.id}: {doing} · {time.monotonic() - started:.0f}s"))
             await asyncio.wait([result], timeout=0.5)
     result.exception()  # the caller reads the outcome from handle.result()
