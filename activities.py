@@ -95,8 +95,8 @@ class OrderActivities:
         A retry resumes after the last heartbeat: pricing is a pure function of the orders,
         and a retry gets the very same orders, so the totals so far still hold.
         """
-        with gc_paused():
-            page = activity.payload_converter().from_payload(orders.payload, OrderPage)
+        # The converter pauses the cycle collector while it builds the orders (gc_paused).
+        page = activity.payload_converter().from_payload(orders.payload, OrderPage)
         done, totals = _resumed()
         cost_cents, grams, days = (
             totals.total_shipping_cost_cents,

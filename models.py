@@ -115,6 +115,17 @@ class PageSummary:
             orders_per_state=dict(sorted(states.items())),
         )
 
+    def batch_summary(self, batch_id: str) -> BatchSummary:
+        """The batch's result, once these totals cover all of its orders (at least one)."""
+        return BatchSummary(
+            batch_id=batch_id,
+            order_count=self.order_count,
+            total_shipping_cost_cents=self.total_shipping_cost_cents,
+            total_weight_grams=self.total_weight_grams,
+            average_delivery_days=round(self.total_delivery_days / self.order_count, 2),
+            orders_per_state=self.orders_per_state,
+        )
+
 
 @dataclass(frozen=True)
 class BatchProgress:

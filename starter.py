@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shlex
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,7 +29,12 @@ from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlrea
 from temporalio.service import RPCError, RPCStatusCode
 
 from extras.report import payload_report, payload_table, summary_table
-from extras.schedules import add_schedule_arguments, batch_schedule_command, when_from_args
+from extras.schedules import (
+    add_schedule_arguments,
+    batch_schedule_command,
+    temporal_command,
+    when_from_args,
+)
 from extras.settings import (
     ArgumentParser,
     ConfigError,
@@ -267,7 +271,8 @@ async def _print_payload_report(
                 "print a page's keys with:"
             )
         )
-        command = f"uv run -m extras.payloads list --keys --workflow-id {report.redis_pages[0]}"
+        quoted = shlex.quote(report.redis_pages[0])
+        command = f"uv run -m extras.payloads list --keys --workflow-id {quoted}"
         console.print(Text(command), soft_wrap=True)
     if report.problem:
         console.print(Text(report.problem, "yellow"))
@@ -278,17 +283,9 @@ async def _print_payload_report(
         console.print(Text(show_command(client, page_id)), soft_wrap=True)
 
 
-def show_command(client: Client, workflow_id: str, run_id: str | None = None) -> str:
-    """The `temporal workflow show` command for a run, with the connection flags it needs."""
-    command = f"temporal workflow show --workflow-id {shlex.quote(workflow_id)}"
-    if run_id:
-        command += f" --run-id {run_id}"
-    address = client.service_client.config.target_host
-    if address not in ("localhost:7233", "127.0.0.1:7233") and "TEMPORAL_ADDRESS" not in os.environ:
-        command += f" --address {address}"
-    if client.namespace != "default" and "TEMPORAL_NAMESPACE" not in os.environ:
-        command += f" --namespace {shlex.quote(client.namespace)}"
-    return command
+def show_command(client: Client, workflow_id: str) -> str:
+    """The `temporal workflow show` command for a workflow, with the connection flags it needs."""
+    return temporal_command(client, f"workflow show --workflow-id {shlex.quote(workflow_id)}")
 
 
 async def main(request: OrderBatchRequest) -> int:

@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import OrderActivities, carrier_lookup_seconds
-from extras.metrics import CORE_LOGGER, worker_runtime
+from extras.metrics import worker_runtime
 from extras.payloads import PayloadCleanup
 from extras.redis_checks import payload_risks_at
 from extras.sample_data import generate_orders
@@ -90,8 +90,6 @@ def configure_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(WrappingFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    # "Failing workflow task" repeats the line the SDK's Python side logs just before it.
-    CORE_LOGGER.addFilter(lambda record: not record.getMessage().startswith("Failing workflow"))
     for name in ("temporalio.workflow", "temporalio.activity"):
         logging.getLogger(name).setLevel(logging.INFO)
     # The ids are in the messages already; the SDK's info dicts would only add noise.
@@ -109,7 +107,9 @@ async def main(metrics_port: int | None = None) -> None:
         runtime = worker_runtime(None if metrics_port is None else f"0.0.0.0:{metrics_port}")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    async with connected_client(settings, runtime=runtime) as client:
+    # Payload metrics only when something serves them (the runtime's meter is a no-op else).
+    meter = runtime.metric_meter if metrics_port is not None else None
+    async with connected_client(settings, runtime=runtime, metric_meter=meter) as client:
         risks = await payload_risks_at(settings.redis_url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

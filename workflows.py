@@ -127,14 +127,7 @@ class ProcessOrderBatchWorkflow:
             done += summary
         if last_page < page_count:
             workflow.continue_as_new(replace(request, progress=BatchProgress(last_page + 1, done)))
-        return BatchSummary(
-            batch_id=request.batch_id,
-            order_count=done.order_count,
-            total_shipping_cost_cents=done.total_shipping_cost_cents,
-            total_weight_grams=done.total_weight_grams,
-            average_delivery_days=round(done.total_delivery_days / done.order_count, 2),
-            orders_per_state=done.orders_per_state,
-        )
+        return done.batch_summary(request.batch_id)
 
     async def _run_page(self, page: OrderPageRequest) -> PageSummary:
         """Run one page; if its order list could not be read back, run it again from the

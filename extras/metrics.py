@@ -34,6 +34,8 @@ from placeholders import WrappedDriver
 # workflow task's fields hold the whole failure, stack trace included, which the worker's own
 # log line already gives as its one-line cause.
 CORE_LOGGER = logging.getLogger("temporalio.core")
+# Its "Failing workflow task" repeats the line the SDK's Python side has just logged.
+CORE_LOGGER.addFilter(lambda record: not record.getMessage().startswith("Failing workflow"))
 
 
 def worker_runtime(metrics_address: str | None = None) -> Runtime:

@@ -280,13 +280,17 @@ async def data_converter(
 
 @contextlib.asynccontextmanager
 async def connected_client(
-    settings: Settings, *, address: str | None = None, runtime: Runtime | None = None
+    settings: Settings,
+    *,
+    address: str | None = None,
+    runtime: Runtime | None = None,
+    metric_meter: MetricMeter | None = None,
 ) -> AsyncIterator[Client]:
     """A Temporal client with the shared DataConverter, over a Redis client closed on exit.
 
-    With a ``runtime``, the client reports metrics there, payload traffic included.
+    The client runs on ``runtime``; with a ``metric_meter`` (the runtime's, when it serves
+    metrics) the payloads moved to and from Redis are recorded there too.
     """
-    metric_meter = runtime.metric_meter if runtime else None
     async with data_converter(settings, metric_meter=metric_meter) as converter:
         yield await connect_temporal(converter, address=address, runtime=runtime)
 

@@ -102,15 +102,7 @@ def price(page: OrderPage) -> PageSummary:
 def undisturbed_summary(request: OrderBatchRequest) -> BatchSummary:
     """What the batch returns when nothing goes wrong: every order priced in one go."""
     orders = generate_orders(request.batch_id, 0, request.order_count)
-    total = price(OrderPage(request.batch_id, 1, 0, orders))
-    return BatchSummary(
-        batch_id=request.batch_id,
-        order_count=total.order_count,
-        total_shipping_cost_cents=total.total_shipping_cost_cents,
-        total_weight_grams=total.total_weight_grams,
-        average_delivery_days=round(total.total_delivery_days / total.order_count, 2),
-        orders_per_state=total.orders_per_state,
-    )
+    return price(OrderPage(request.batch_id, 1, 0, orders)).batch_summary(request.batch_id)
 
 
 def page_handle(
