@@ -235,24 +235,32 @@ async def _measured(converter: DataConverter, payload: Payload, problems: list[s
 async def _stored_original_size(
     converter: DataConverter, reference: ExternalStorageReference, problems: list[str]
 ) -> int | None:
+    if any("RedisUnavailableError" in problem for problem in problems):
+        return None  # each read would wait out the retries again
+    stored = await _fetch(converter, reference)
+    if isinstance(stored, ApplicationError):
+        problems.append(str(stored))
+        return None
+    return await _measured(converter, stored, problems)
+
+
+async def _fetch(
+    converter: DataConverter, reference: ExternalStorageReference
+) -> Payload | ApplicationError:
+    """The stored payload a reference names, or the error that says why it cannot be read."""
     storage = converter.external_storage
     drivers = {driver.name(): driver for driver in storage.drivers} if storage else {}
     driver = drivers.get(reference.driver_name)
-    if any("RedisUnavailableError" in problem for problem in problems):
-        return None  # each read would wait out the retries again
     if driver is None:
-        problems.append(f"no storage driver named {reference.driver_name!r} is configured")
-        return None
+        return ApplicationError(
+            f"no storage driver named {reference.driver_name!r} is configured", type="NoDriver"
+        )
     claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
     try:
         [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
     except ApplicationError as err:
-        problems.append(str(err))
-        return None
-    if (error := placeholder_error(stored)) is not None:
-        problems.append(str(error))
-        return None
-    return await _measured(converter, stored, problems)
+        return err
+    return placeholder_error(stored) or stored
 
 
 async def unreadable_payloads(
@@ -261,23 +269,13 @@ async def unreadable_payloads(
     """Why each stored payload of a history cannot be read back, e.g. before a replay check:
     replay passes without them (workflows only pass the order lists on), but a page
     replayed for real would have to fetch its orders again."""
-    storage = converter.external_storage
-    drivers = {driver.name(): driver for driver in storage.drivers} if storage else {}
     errors = []
     for _, payload in payloads_by_hop(events, page=True):
         reference = storage_reference(payload)
-        if reference is None:
-            continue
-        driver = drivers.get(reference.driver_name)
-        if driver is None:
-            errors.append(
-                ApplicationError(f"no driver named {reference.driver_name!r}", type="NoDriver")
-            )
-            continue
-        claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
-        [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
-        if (error := placeholder_error(stored)) is not None:
-            errors.append(error)
+        if reference is not None:
+            stored = await _fetch(converter, reference)
+            if isinstance(stored, ApplicationError):
+                errors.append(stored)
     return errors
 
 
