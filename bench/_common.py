@@ -8,11 +8,7 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
-import threading
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -25,13 +21,11 @@ from rich.text import Text
 from temporalio.client import Client
 
 from converter import make_data_converter
-from extras.processes import dev_server, redis_server
+from extras.processes import WorkerProcess, dev_server, redis_server
 from extras.settings import ConfigError, close_redis, connect_temporal, one_line, open_redis
 
 # What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
 RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-WORKER_READY_TIMEOUT_SECONDS = 60.0
 console = Console(stderr=True, markup=False)
 
 
@@ -112,63 +106,13 @@ def run_main(main: Any) -> int:
         return 1
 
 
-class WorkerProcess:
-    """The sample's `worker.py` in a process of its own, so its memory can be measured."""
-
-    def __init__(self, temporal_address: str, redis_url: str, **env: str) -> None:
-        environment = os.environ | env | {"TEMPORAL_ADDRESS": temporal_address}
-        environment |= {"REDIS_URL": redis_url, "COLUMNS": "200"}
-        self._process = subprocess.Popen(
-            [sys.executable, "worker.py"],
-            cwd=PROJECT_DIR,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.last_lines: deque[str] = deque(maxlen=20)
-
-    def wait_until_polling(self) -> None:
-        assert self._process.stderr is not None
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_SECONDS
-        seen: list[str] = []
-        while time.monotonic() < deadline:
-            line = self._process.stderr.readline()
-            if not line and self._process.poll() is not None:
-                raise ConfigError(f"The worker exited while starting: {' '.join(seen)[-300:]}")
-            seen.append(line.strip())
-            if "Worker polling" in line:
-                # Keep draining stderr so a chatty worker never blocks on a full pipe.
-                threading.Thread(target=self._drain, daemon=True).start()
-                return
-        raise ConfigError("The worker did not start polling within a minute.")
-
-    def _drain(self) -> None:
-        assert self._process.stderr is not None
-        for line in self._process.stderr:
-            self.last_lines.append(line.rstrip())
-
-    def peak_rss_bytes(self) -> int:
-        """The process's peak resident memory (VmHWM) so far."""
-        for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise ConfigError("This system has no /proc/<pid>/status VmHWM; run on Linux.")
-
-    def stop(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-
-
 @contextlib.contextmanager
 def worker_process(temporal_address: str, redis_url: str, **env: str) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(temporal_address, redis_url, **env)
+    """The sample's `worker.py` in a process of its own, so its memory can be measured."""
+    environment = os.environ | env | {"TEMPORAL_ADDRESS": temporal_address}
+    environment |= {"REDIS_URL": redis_url, "COLUMNS": "200"}
+    worker = WorkerProcess([sys.executable, "worker.py"], environment)
     try:
-        worker.wait_until_polling()
         yield worker
     finally:
         worker.stop()

