@@ -7,16 +7,15 @@ themselves, in their thread: the SDK then only compresses, stores and fetches by
 event loop. A page lost from Redis reaches ``process_orders`` as a placeholder whose decoding
 raises the non-retryable ``PayloadNotFoundError``, so the batch fetches the page again at once.
 Where orders come from is passed in: your order database; in this sample, generated orders
-(extras/sample_data.py). Neighbours: models.py, json_converter.py (``gc_paused``).
+(sample_data.py).
+
+Neighbours: models.py, json_converter.py (``gc_paused``). Packages: temporalio, msgspec.
 """
 
-from __future__ import annotations
-
 import math
-import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
@@ -25,12 +24,11 @@ from temporalio.common import RawValue
 from json_converter import gc_paused
 from models import Order, OrderPage, OrderPageRequest, PageSummary
 
-# Heartbeat at least this often while pricing, so a cancel or a lost worker is noticed
-# quickly (the server's throttle sends at most one a second).
+# Heartbeat at least this often, so a cancel or a lost worker is noticed quickly (the
+# worker's max_heartbeat_throttle_interval sends at most one a second to the server).
 HEARTBEAT_SECONDS = 0.5
-# Simulated per-order carrier-rate lookup in milliseconds (default 0): makes a small batch run
-# long enough to watch heartbeats, cancellation and a killed worker.
-CARRIER_LATENCY_VARIABLE = "CARRIER_LOOKUP_LATENCY_MS"
+# fetch_orders loads a page in chunks of this many orders, heartbeating between them.
+FETCH_CHUNK = 1_000
 # (batch id, index of the first order, how many) -> those orders, the same on every call.
 OrderSource = Callable[[str, int, int], list[Order]]
 # Shipping zone from the warehouse in Columbus, Ohio.
@@ -53,23 +51,13 @@ def shipping_quote(order: Order) -> tuple[int, int, int]:
     return cost_cents, grams, transit_days + (1 if grams > HEAVY_PARCEL_GRAMS else 0)
 
 
-def carrier_lookup_seconds(env: Mapping[str, str] = os.environ) -> float:
-    """The simulated lookup per order, from ``CARRIER_LOOKUP_LATENCY_MS``; ``ValueError``
-    with one sentence for anything but a whole number from 0 to 10000."""
-    raw = env.get(CARRIER_LATENCY_VARIABLE) or "0"
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and int(raw) <= 10_000):
-        raise ValueError(
-            f"{CARRIER_LATENCY_VARIABLE}={raw[:60]!r} is not a whole number from 0 to 10000; "
-            "fix or unset it."
-        )
-    return int(raw) / 1000
-
-
 class OrderActivities:
-    """The batch's two activities, over a source of orders."""
+    """The batch's two activities, over a source of orders. ``carrier_lookup_seconds``
+    simulates a rate lookup per order (config.py: ``CARRIER_LOOKUP_LATENCY_MS``)."""
 
-    def __init__(self, load_orders: OrderSource) -> None:
+    def __init__(self, load_orders: OrderSource, carrier_lookup_seconds: float = 0.0) -> None:
         self._load_orders = load_orders
+        self._lookup_seconds = carrier_lookup_seconds
 
     @activity.defn(name="fetch_orders")
     def fetch_orders(self, page: OrderPageRequest) -> RawValue:
@@ -81,9 +69,13 @@ class OrderActivities:
             page.batch_id,
             page.order_count,
         )
+        orders: list[Order] = []
         # No reference cycles here, so the cycle collector would only rescan the growing list.
         with gc_paused():
-            orders = self._load_orders(page.batch_id, page.first_order, page.order_count)
+            for first in range(page.first_order, page.first_order + page.order_count, FETCH_CHUNK):
+                count = min(FETCH_CHUNK, page.first_order + page.order_count - first)
+                orders += self._load_orders(page.batch_id, first, count)
+                activity.heartbeat()  # a killed worker is noticed within the heartbeat timeout
         order_page = OrderPage(page.batch_id, page.page, page.first_order, orders)
         return RawValue(activity.payload_converter().to_payload(order_page))
 
@@ -104,7 +96,7 @@ class OrderActivities:
             totals.total_delivery_days,
         )
         states = Counter(totals.orders_per_state)
-        lookup_seconds = carrier_lookup_seconds()
+        lookup_seconds = self._lookup_seconds
         next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
         for index in range(done, len(page.orders)):
             order = page.orders[index]

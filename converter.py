@@ -4,7 +4,9 @@ Encode path: value -> ``json/plain`` payload (msgspec) -> zstd-compressed data -
 codecs given (encryption) -> if still at or over the threshold, stored in Redis, with a small
 claim-check reference left in history. Decode path: the same steps in reverse; a payload
 lost from Redis reads back as a placeholder that raises the driver's error when decoded.
+
 Neighbours: codec.py, redis_driver.py, json_converter.py, placeholders.py.
+Packages: temporalio, redis, zstandard, msgspec.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ the Web UI read the same values. The bytes are not the SDK's: fields come in def
 (not sorted), text is UTF-8 (not ``\\u`` escapes) and exponents are short (``1e16``, not
 ``1e+16``). A value or type hint msgspec cannot handle falls back to the SDK's converter, so
 nothing that decoded before stops decoding.
+
+Neighbours: none. Packages: temporalio, msgspec.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""Values that cross a workflow or activity boundary. Every one is a plain dataclass."""
+"""Values that cross a workflow or activity boundary. Every one is a plain dataclass.
 
-from __future__ import annotations
+Ordinary annotations, no ``from __future__ import annotations``: the SDK's default JSON
+converter resolves string annotations on every decode (2,000 orders: 550 ms instead of 195),
+and a copier may use it instead of json_converter.py. Needs only the standard library.
+"""
 
 from dataclasses import dataclass, field
 
 TASK_QUEUE = "order-batches"
+# Large enough that the order list stays over 256 KiB compressed and goes to Redis.
+DEFAULT_ORDER_COUNT = 5_000
 # One page of the default 5,000-order batch; each page of a larger batch is still several
 # hundred KiB after compression, so it travels through Redis.
 DEFAULT_PAGE_SIZE = 5_000
@@ -13,23 +18,18 @@ DEFAULT_PAGE_SIZE = 5_000
 # about 6 per worker process (bench/scale_out.py): a few more pages than activity threads
 # keep every worker busy while a finished page hands over to the next.
 DEFAULT_PAGES_IN_FLIGHT = 4
+# A batch is at most MAX_PAGES pages (child workflows), so it ends in minutes, and a page at
+# most MAX_PAGE_SIZE orders (~28 MiB of JSON, under the Redis driver's 50 MiB limit).
+MAX_ORDER_COUNT = 1_000_000
+MAX_PAGE_SIZE = 25_000
+MAX_PAGES_IN_FLIGHT = 64
+MAX_PAGES = 1_000
+MAX_BATCH_ID_LENGTH = 100
 
 
 def workflow_id_for(batch_id: str) -> str:
     """One workflow id per batch, so the same batch is never processed twice."""
     return f"order-batch-{batch_id}"
-
-
-@dataclass(frozen=True)
-class OrderBatchRequest:
-    """What the starter sends: which batch, how many orders it holds, how many orders a page."""
-
-    batch_id: str
-    order_count: int
-    page_size: int = DEFAULT_PAGE_SIZE
-    pages_in_flight: int = DEFAULT_PAGES_IN_FLIGHT
-    # Set only by the workflow itself when a big batch continues as new: where it got to.
-    progress: BatchProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class PageSummary:
     total_delivery_days: int = 0
     orders_per_state: dict[str, int] = field(default_factory=dict)
 
-    def __add__(self, other: PageSummary) -> PageSummary:
+    def __add__(self, other: "PageSummary") -> "PageSummary":
         states = dict(self.orders_per_state)
         for state, count in other.orders_per_state.items():
             states[state] = states.get(state, 0) + count
@@ -115,7 +115,7 @@ class PageSummary:
             orders_per_state=dict(sorted(states.items())),
         )
 
-    def batch_summary(self, batch_id: str) -> BatchSummary:
+    def batch_summary(self, batch_id: str) -> "BatchSummary":
         """The batch's result, once these totals cover all of its orders (at least one)."""
         return BatchSummary(
             batch_id=batch_id,
@@ -133,6 +133,37 @@ class BatchProgress:
 
     next_page: int
     done: PageSummary
+
+
+@dataclass(frozen=True)
+class OrderBatchRequest:
+    """What the starter sends: which batch, how many orders it holds, how many orders a page."""
+
+    batch_id: str
+    order_count: int = DEFAULT_ORDER_COUNT
+    page_size: int = DEFAULT_PAGE_SIZE
+    pages_in_flight: int = DEFAULT_PAGES_IN_FLIGHT
+    # Set only by the workflow itself when a big batch continues as new: where it got to.
+    progress: BatchProgress | None = None
+
+    def problem(self) -> str | None:
+        """Why this batch cannot run, in one sentence; ``None`` when it can."""
+        text = self.batch_id
+        if not text.strip() or len(text) > MAX_BATCH_ID_LENGTH or not text.isprintable():
+            return f"a batch id is 1 to {MAX_BATCH_ID_LENGTH} printable characters, not only spaces"
+        for flag, value, top in (
+            ("--orders", self.order_count, MAX_ORDER_COUNT),
+            ("--page-size", self.page_size, MAX_PAGE_SIZE),
+            ("--pages-in-flight", self.pages_in_flight, MAX_PAGES_IN_FLIGHT),
+        ):
+            if not 1 <= value <= top:
+                return f"{flag} {value} is not a whole number from 1 to {top:,}"
+        if (pages := -(-self.order_count // self.page_size)) > MAX_PAGES:
+            return (
+                f"{self.order_count} orders in pages of {self.page_size} make {pages:,} pages, "
+                f"over {MAX_PAGES:,}; pass --page-size {-(-self.order_count // MAX_PAGES)} or more"
+            )
+        return None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ when anything decodes the placeholder into a value. So a page workflow replays a
 and ``process_orders``, which needs the orders, fails with the real cause (e.g.
 ``PayloadNotFoundError``, naming the key), which the batch workflow answers by fetching the
 page again. Errors Temporal should retry (Redis not answering) are raised as they are.
+
+Neighbours: none. Packages: temporalio.
 """
 
 from __future__ import annotations

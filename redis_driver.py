@@ -4,6 +4,8 @@ only by :func:`new_redis_asyncio_client`, so other libraries can subclass the cl
 
 The key layout is defined here once (:func:`payload_key`, :func:`parse_payload_key`,
 :func:`payload_key_pattern`); tools that list, clean up or serve payloads use these.
+
+Neighbours: none. Packages: temporalio, redis.
 """
 
 from __future__ import annotations
@@ -380,11 +382,11 @@ class RedisStorageDriver(StorageDriver):
                 non_retryable=False,
             ) from None
         if blob is None:
-            ttl = f"ttl {self._ttl}" if self._ttl else "no ttl"
+            expired = f"expired (ttl {self._ttl}), " if self._ttl else ""
             raise _error(
                 "PayloadNotFoundError",
-                f"Payload not found in {_where(self._client)}: key {key}. It expired ({ttl}), "
-                "was evicted or flushed, was lost in a restart, or this process reads a "
+                f"Payload not found in {_where(self._client)}: key {key}. It {expired}was "
+                "evicted or flushed, was lost in a restart, or this process reads a "
                 "different Redis than the one that stored it.",
                 non_retryable=True,
             )

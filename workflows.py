@@ -4,10 +4,10 @@
 ``ProcessOrderPageWorkflow``: ``fetch_orders`` returns the page's order list, which travels
 through Redis to ``process_orders``. The batch workflow only ever holds small values (page
 requests and summaries), so its history never depends on Redis; a page whose order list was
-lost from Redis is simply run again. Neighbours: models.py (and activities.py by name).
-"""
+lost from Redis is simply run again.
 
-from __future__ import annotations
+Neighbours: models.py (and activities.py, by activity name). Packages: temporalio.
+"""
 
 import asyncio
 from dataclasses import replace
@@ -37,6 +37,9 @@ PAGES_PER_RUN = 100
 # Runs of one page (fetch, then process) before the batch gives up on it.
 PAGE_RUNS = 3
 
+# Both activities heartbeat: a worker killed in either is noticed within this, not after
+# the start-to-close timeout, and the attempt runs again elsewhere.
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 # Redis or a worker can go away for a while: retry with backoff rather than fail the page.
 # A lost order list fails process_orders at once (non-retryable PayloadNotFoundError).
 ACTIVITY_RETRY_POLICY = RetryPolicy(
@@ -65,6 +68,7 @@ class ProcessOrderPageWorkflow:
             page,
             result_type=RawValue,
             start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=ACTIVITY_RETRY_POLICY,
         )
         summary: PageSummary = await workflow.execute_activity(
@@ -72,9 +76,9 @@ class ProcessOrderPageWorkflow:
             orders,
             result_type=PageSummary,
             start_to_close_timeout=timedelta(minutes=10),
-            # A lost worker is noticed within 10 s; a cancel completes only once the activity
-            # has stopped, so "cancelled" means no order is still being priced.
-            heartbeat_timeout=timedelta(seconds=10),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            # A cancel completes only once the activity has stopped: "cancelled" means no
+            # order is still being priced.
             retry_policy=ACTIVITY_RETRY_POLICY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
@@ -96,11 +100,9 @@ class ProcessOrderBatchWorkflow:
 
     @workflow.run
     async def run(self, request: OrderBatchRequest) -> BatchSummary:
-        if min(request.order_count, request.page_size, request.pages_in_flight) <= 0:
+        if problem := request.problem():
             raise ApplicationError(
-                f"Batch {request.batch_id!r} asks for {request.order_count} orders in pages of "
-                f"{request.page_size}, {request.pages_in_flight} at once; all must be positive "
-                "numbers.",
+                f"Batch {request.batch_id!r} cannot run: {problem}.",
                 type="InvalidOrderBatch",
                 non_retryable=True,
             )

@@ -2,8 +2,9 @@
 `uv run -m extras.codec_server [--port 8081]`.
 
 It speaks Temporal's remote codec protocol (a JSON body ``{"payloads": [...]}`` in protobuf-JSON
-form, answered in the same shape) with the DataConverter from ``codec.make_data_converter``,
-the one the worker uses:
+form, answered in the same shape) with the DataConverter the worker uses
+(``converter.make_data_converter``, encryption included when ``PAYLOAD_ENCRYPTION_KEYS`` is
+set):
 
 - ``POST /encode``: compress, then store in Redis (under the request's namespace) when still at
   or over the threshold.
@@ -33,7 +34,6 @@ import logging
 import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,26 +50,25 @@ from temporalio.converter import (
     ExternalStorage,
     JSONProtoPayloadConverter,
     PayloadCodec,
-    StorageDriver,
-    StorageDriverClaim,
-    StorageDriverRetrieveContext,
     StorageDriverSelectContext,
     StorageDriverStoreContext,
     StorageDriverWorkflowInfo,
 )
 from temporalio.exceptions import ApplicationError
 
-from extras.report import REFERENCE_MESSAGE_TYPE, storage_reference
-from extras.settings import (
-    ArgumentParser,
+from config import (
     ConfigError,
-    WrappingFormatter,
     data_converter,
     load_settings,
+    one_line,
     redact_url,
+    redis_connection,
+    run_script,
 )
-from placeholders import WrappedDriver
-from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_payload_key
+from extras.cli import ArgumentParser, WrappingFormatter, port_number, whole_number
+from extras.encryption import codec_from_env
+from extras.references import REFERENCE_MESSAGE_TYPE, fetch_stored, storage_reference
+from redis_driver import DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_SIZE, parse_payload_key
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
@@ -150,28 +149,29 @@ class PayloadCodecService:
     """The three codec operations over the shared DataConverter, each bounded in its work.
 
     CPU-heavy steps (parsing, compression, building the answer) run on a small thread pool,
-    so a large request does not stall the others. One answer holds at most about the Redis
-    driver's ``max_payload_size`` of payload bytes; payloads past that are skipped.
+    so a large request does not stall the others. It fetches only keys in the Redis driver's
+    layout under ``key_prefix``; one answer holds at most about ``max_answer_bytes`` of
+    payload bytes (the driver's ``max_payload_size``); payloads past that are skipped.
     """
 
-    def __init__(self, converter: DataConverter, *, namespace: str) -> None:
+    def __init__(
+        self,
+        converter: DataConverter,
+        *,
+        namespace: str,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        max_answer_bytes: int = DEFAULT_MAX_PAYLOAD_SIZE,
+    ) -> None:
         if converter.payload_codec is None or converter.external_storage is None:
             raise ValueError("The codec server needs a DataConverter with a codec and storage.")
         if not namespace:
             raise ValueError("namespace must be a non-empty string.")
+        self._converter = converter
         self._codec: PayloadCodec = converter.payload_codec
         self._storage: ExternalStorage = converter.external_storage
         self._namespace = namespace
-        # Only this driver's claims can be checked against its key layout.
-        self._drivers = {
-            driver.name(): driver
-            for driver in map(_innermost, self._storage.drivers)
-            if isinstance(driver, RedisStorageDriver)
-        }
-        self._max_answer_bytes = max(
-            (driver.max_payload_size for driver in self._drivers.values()),
-            default=DEFAULT_MAX_PAYLOAD_SIZE,
-        )
+        self._key_prefix = key_prefix
+        self._max_answer_bytes = max_answer_bytes
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT_REQUESTS, thread_name_prefix="codec")
 
     @property
@@ -252,27 +252,25 @@ class PayloadCodecService:
         """The stored payload, or None (logged) if this request may not have it or it is gone."""
         key = reference.claim_data.get("key", "")
         try:
-            driver, claim = self._scoped_claim(reference, namespace)
-            [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
-        except (_Refused, ApplicationError) as err:
-            logger.warning("not returned: key %r for namespace %r: %s", key, namespace, err)
-            return None
+            stored = await fetch_stored(self._converter, self._scoped(reference, namespace))
+        except _Refused as err:
+            stored = ApplicationError(str(err))
         except Exception:
             logger.exception("not returned: key %r for namespace %r", key, namespace)
             return None
+        if isinstance(stored, ApplicationError):
+            logger.warning("not returned: key %r for namespace %r: %s", key, namespace, stored)
+            return None
         return stored
 
-    def _scoped_claim(
+    def _scoped(
         self, reference: ExternalStorageReference, namespace: str
-    ) -> tuple[RedisStorageDriver, StorageDriverClaim]:
-        """The claim to read, if the reference names a key this request may read."""
-        driver = self._drivers.get(reference.driver_name)
-        if driver is None:
-            raise _Refused(f"driver {reference.driver_name!r} is not a Redis driver of this server")
+    ) -> ExternalStorageReference:
+        """The reference to read, if it names a key this request may read."""
         claim = reference.claim_data
-        parsed = parse_payload_key(claim.get("key", ""), driver.key_prefix)
+        parsed = parse_payload_key(claim.get("key", ""), self._key_prefix)
         if parsed is None:
-            raise _Refused(f"the key is not in the driver's layout under {driver.key_prefix!r}")
+            raise _Refused(f"the key is not in the driver's layout under {self._key_prefix!r}")
         # The SDK writes a key without a scope only where it has no target (e.g. completing an
         # activity by task token); such keys belong to the server's own namespace.
         owner = self._namespace if parsed.scope == "unscoped" else parsed.namespace
@@ -283,7 +281,7 @@ class PayloadCodecService:
             raise _Refused("the claim's hash is not the digest in its key")
         # The digest in a key is the hash of what the driver stored there: always check it.
         checked = {"key": parsed.key, "hash_algorithm": "sha256", "hash_value": parsed.digest}
-        return driver, StorageDriverClaim(claim_data=checked)
+        return ExternalStorageReference(driver_name=reference.driver_name, claim_data=checked)
 
     def _skipped(self, reference: ExternalStorageReference | None) -> Unreadable:
         return Unreadable(
@@ -354,14 +352,14 @@ def parse_payloads(body: bytes) -> list[Payload]:
         # UTF-8 only (RFC 8259): json.loads would also guess UTF-16 and UTF-32 from bytes.
         document = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError) as err:
-        raise CodecRequestError(400, f"the body is not JSON ({_one_line(err)}).") from None
+        raise CodecRequestError(400, f"the body is not JSON ({one_line(err)}).") from None
     if not isinstance(document, dict):
         raise CodecRequestError(400, 'the body must be a JSON object {"payloads": [...]}.')
     try:
         return list(json_format.ParseDict(document, Payloads()).payloads)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as err:
         raise CodecRequestError(
-            400, f"the body is not a Payloads message in protobuf JSON ({_one_line(err)})."
+            400, f"the body is not a Payloads message in protobuf JSON ({one_line(err)})."
         ) from None
 
 
@@ -382,17 +380,6 @@ def check_json_depth(text: bytes, what: str) -> None:
 
 def _payloads_json(payloads: Sequence[Payload]) -> bytes:
     return json.dumps({"payloads": [json_format.MessageToDict(p) for p in payloads]}).encode()
-
-
-def _innermost(driver: StorageDriver) -> StorageDriver:
-    """The driver inside wrappers (metrics, placeholders)."""
-    while isinstance(driver, WrappedDriver):
-        driver = driver.wrapped
-    return driver
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 # ---------------------------------------------------------------------------------- app
@@ -615,22 +602,12 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[str
         await runner.cleanup()
 
 
-def _port(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number from 0 to 65535")
-    return int(value)
-
-
-def _byte_count(value: str) -> int:
-    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= 2**31:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count from 1 to {2**31}")
-    return int(value)
-
-
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    settings = load_settings()
-    async with data_converter(settings) as converter:
+    settings = load_settings(encrypts=True)
+    encryption = codec_from_env()
+    async with redis_connection(settings.redis_url) as redis_client:
+        converter = data_converter(settings, redis_client, codecs=[encryption])
         origins = args.ui_origin or [DEFAULT_UI_ORIGIN]
         app = build_app(
             converter,
@@ -655,12 +632,15 @@ async def main(args: argparse.Namespace) -> None:
             )
             await stop.wait()
         console.print("Codec server stopped.")
+    return 0
 
 
 if __name__ == "__main__":
     parser = ArgumentParser(prog="extras.codec_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument(
+        "--port", type=port_number(allow_zero=True), default=DEFAULT_PORT, help="port to listen on"
+    )
     parser.add_argument(
         "--ui-origin",
         action="append",
@@ -685,17 +665,11 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--max-body-size",
-        type=_byte_count,
+        type=whole_number(1, 2**31),
         default=DEFAULT_MAX_BODY_SIZE,
         help=f"largest request body in bytes (default {DEFAULT_MAX_BODY_SIZE})",
     )
     handler = logging.StreamHandler()
     handler.setFormatter(WrappingFormatter("codec server: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    try:
-        asyncio.run(main(parser.parse_args()))
-    except ConfigError as err:
-        Console(stderr=True).print(
-            f"codec_server: {err}", style="red", markup=False, highlight=False
-        )
-        sys.exit(1)
+    run_script("codec_server", main(parser.parse_args()))

@@ -7,7 +7,6 @@ starter's report, then stops everything it started.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -19,21 +18,23 @@ from collections.abc import AsyncIterator
 
 from rich.console import Console
 
+from config import (
+    DEFAULT_REDIS_URL,
+    ConfigError,
+    connected_client,
+    load_settings,
+    redact_url,
+    redis_connection,
+    run_script,
+)
+from extras.cli import ArgumentParser
 from extras.codec_server import DEFAULT_PORT as DEFAULT_CODEC_PORT
 from extras.codec_server import build_app, serve
+from extras.encryption import codec_from_env
 from extras.processes import dev_server, free_port, redis_server
-from extras.settings import (
-    DEFAULT_REDIS_URL,
-    ArgumentParser,
-    ConfigError,
-    close_redis,
-    connected_client,
-    exit_without_finalizing,
-    load_settings,
-    open_redis,
-    redact_url,
-)
-from starter import add_batch_arguments, check_batch_arguments, request_from_args, run_batch
+from extras.starter import print_payload_report
+from models import OrderBatchRequest, workflow_id_for
+from starter import add_batch_arguments, request_from_args, run_batch
 from worker import build_worker
 
 # Text from settings and servers is printed as it is, never read as markup.
@@ -45,9 +46,10 @@ DEFAULT_UI_PORT = 8233
 @contextlib.asynccontextmanager
 async def any_redis() -> AsyncIterator[str]:
     """REDIS_URL if it answers, else a `redis-server` of our own, else fakeredis in-process."""
-    url = load_settings().redis_url
+    url = load_settings(encrypts=True).redis_url
     with contextlib.suppress(ConfigError):
-        await close_redis(await open_redis(url))
+        async with redis_connection(url):
+            pass
         console.print(f"Redis: using {redact_url(url)}")
         yield url
         return
@@ -78,12 +80,21 @@ async def any_redis() -> AsyncIterator[str]:
         server.server_close()
 
 
-async def run_demo(args: argparse.Namespace) -> int:
+async def run_demo(request: OrderBatchRequest, keep_running: bool) -> int:
     task = asyncio.current_task()
     assert task is not None
     # SIGTERM unwinds like Ctrl+C, so every context below stops what it started.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    settings = load_settings()
+    try:
+        return await _demo(request, keep_running)
+    except asyncio.CancelledError:
+        console.print("Stopped; everything the demo started has been shut down.")
+        return 130
+
+
+async def _demo(request: OrderBatchRequest, keep_running: bool) -> int:
+    settings = load_settings(encrypts=True)
+    encryption = codec_from_env()
     # The dev server needs the codec endpoint at start; the codec server needs Redis first.
     codec_port = free_port(DEFAULT_CODEC_PORT)
     codec_endpoint = f"http://127.0.0.1:{codec_port}"
@@ -95,7 +106,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             )
         redis_url = await stack.enter_async_context(any_redis())
         client = await stack.enter_async_context(
-            connected_client(dataclasses.replace(settings, redis_url=redis_url), address=address)
+            connected_client(
+                dataclasses.replace(settings, redis_url=redis_url),
+                codecs=[encryption],
+                address=address,
+            )
         )
         ui_origins = [f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}"]
         codec_app = build_app(client.data_converter, ui_origins=ui_origins)
@@ -103,8 +118,10 @@ async def run_demo(args: argparse.Namespace) -> int:
         console.print(f"Temporal: dev server at {address}, Web UI http://localhost:{ui_port}")
         console.print(f"Codec server: {codec_endpoint} (the Web UI decodes payloads through it)")
         async with build_worker(client):
-            exit_code = await run_batch(client, request_from_args(args), console)
-            if args.keep_running:
+            exit_code = await run_batch(client, request, console)
+            if exit_code == 0:
+                await print_payload_report(client, console, workflow_id_for(request.batch_id))
+            if keep_running:
                 console.print(
                     f"Add --codec-endpoint {codec_endpoint} to the command above to read the "
                     "orders.",
@@ -123,7 +140,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         return exit_code
 
 
-def main() -> int:
+if __name__ == "__main__":
     parser = ArgumentParser(prog="extras.demo", description=__doc__)
     add_batch_arguments(parser)
     parser.add_argument(
@@ -132,16 +149,4 @@ def main() -> int:
         help="keep the dev server and its Web UI up after the batch, until Ctrl+C",
     )
     args = parser.parse_args()
-    check_batch_arguments(parser, args)
-    try:
-        return asyncio.run(run_demo(args))
-    except ConfigError as err:
-        console.print(f"demo: {err}", style="red")
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        console.print("Stopped; everything the demo started has been shut down.")
-        return 130
-
-
-if __name__ == "__main__":
-    exit_without_finalizing(main())
+    run_script("demo", run_demo(request_from_args(parser, args), args.keep_running))

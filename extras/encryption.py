@@ -7,32 +7,35 @@ first key encrypts, every listed key decrypts, so a key rotation puts the new ke
 keeps the old ones until nothing encrypted with them is still needed. Make a key with
 ``uv run -m extras.encryption KEY-ID``. The payload's encoding and key-id names are this sample's
 own, so another SDK's encryption codec never mistakes these payloads for its own.
+Packages: cryptography, temporalio.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
+import contextlib
+import os
 import re
 import secrets
-import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
 from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError
 
+from config import ConfigError, connected_client, load_settings
+from extras.cli import ArgumentParser
+
 ENCRYPTED_ENCODING = b"binary/redis-sample-aes-siv"
 KEY_ID_METADATA = "redis-sample-key-id"
-# Written by this sample's first release (AES-GCM with a nonce derived from the plaintext);
-# still read, never written.
-EARLIER_ENCODING = b"binary/encrypted"
-EARLIER_KEY_ID_METADATA = "encryption-key-id"
 KEYS_VARIABLE = "PAYLOAD_ENCRYPTION_KEYS"
 KEY_BYTES = 32
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -99,10 +102,6 @@ class EncryptionCodec(PayloadCodec):
         self._current = keys[0].key_id if keys else None
         # AES-SIV takes a double-length key (two AES-256 keys), derived from the secret.
         self._siv = {k.key_id: AESSIV(_derive(k.secret, b"redis-sample-aes-siv", 64)) for k in keys}
-        # The earlier AES-GCM format's key: the first half of what it derived.
-        self._earlier = {
-            k.key_id: _derive(k.secret, b"temporal-payload-aes-gcm", 64)[:KEY_BYTES] for k in keys
-        }
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._encrypt(payload) for payload in payloads]
@@ -122,18 +121,13 @@ class EncryptionCodec(PayloadCodec):
         )
 
     def _decrypt(self, payload: Payload) -> Payload:
-        encoding = payload.metadata.get("encoding")
-        if encoding not in (ENCRYPTED_ENCODING, EARLIER_ENCODING):
+        if payload.metadata.get("encoding") != ENCRYPTED_ENCODING:
             return payload
-        earlier = encoding == EARLIER_ENCODING
-        key_id = self._key_id(payload, EARLIER_KEY_ID_METADATA if earlier else KEY_ID_METADATA)
-        data = payload.data
+        key_id = self._key_id(payload)
         try:
-            if earlier:
-                cipher = AESGCM(self._earlier[key_id])
-                plaintext = cipher.decrypt(data[:12], data[12:], key_id.encode())
-            else:
-                plaintext = self._siv[key_id].decrypt(data, [ENCRYPTED_ENCODING, key_id.encode()])
+            plaintext = self._siv[key_id].decrypt(
+                payload.data, [ENCRYPTED_ENCODING, key_id.encode()]
+            )
         except InvalidTag:
             raise ApplicationError(
                 f"A payload encrypted with key {key_id!r} failed authentication; it was "
@@ -144,8 +138,8 @@ class EncryptionCodec(PayloadCodec):
             ) from None
         return Payload.FromString(plaintext)
 
-    def _key_id(self, payload: Payload, metadata_key: str) -> str:
-        key_id = payload.metadata.get(metadata_key, b"").decode(errors="replace")
+    def _key_id(self, payload: Payload) -> str:
+        key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         if key_id not in self._siv:
             raise ApplicationError(
                 f"A payload was encrypted with key {key_id!r}, which is not in this process's "
@@ -154,6 +148,27 @@ class EncryptionCodec(PayloadCodec):
                 non_retryable=True,
             )
         return key_id
+
+
+def codec_from_env(env: Mapping[str, str] = os.environ) -> EncryptionCodec:
+    """The codec for ``PAYLOAD_ENCRYPTION_KEYS``; ``ConfigError`` for a bad value. Without
+    keys it encrypts nothing, but a payload encrypted elsewhere then fails at once, naming
+    the key id it needs."""
+    try:
+        return EncryptionCodec(
+            parse_encryption_keys(env[KEYS_VARIABLE]) if env.get(KEYS_VARIABLE) else []
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+@contextlib.asynccontextmanager
+async def encrypting_client(*, address: str | None = None) -> AsyncIterator[Client]:
+    """``config.connected_client`` with the codec for ``PAYLOAD_ENCRYPTION_KEYS`` in the
+    chain: what the extras' scripts connect with."""
+    settings = load_settings(encrypts=True)
+    async with connected_client(settings, codecs=[codec_from_env()], address=address) as client:
+        yield client
 
 
 def new_key_entry(key_id: str) -> str:
@@ -165,8 +180,18 @@ def new_key_entry(key_id: str) -> str:
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
 
 
+def _key_id_flag(raw: str) -> str:
+    if not _KEY_ID.fullmatch(raw):
+        raise argparse.ArgumentTypeError(
+            f"{raw[:70]!r} is not a key id: use 1 to 64 letters, digits, '.', '_' or '-'"
+        )
+    return raw
+
+
 if __name__ == "__main__":
-    try:
-        print(new_key_entry(sys.argv[1] if len(sys.argv) > 1 else "k1"))
-    except ValueError as err:
-        sys.exit(f"encryption: {err}")
+    parser = ArgumentParser(
+        prog="extras.encryption",
+        description="Print a new PAYLOAD_ENCRYPTION_KEYS entry, key-id:base64-key.",
+    )
+    parser.add_argument("key_id", type=_key_id_flag, nargs="?", default="k1", help="default k1")
+    print(new_key_entry(parser.parse_args().key_id))

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,66 +30,51 @@ from temporalio import activity
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.converter import DataConverter
-from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from config import (
+    ConfigError,
+    RedisClient,
+    connect_temporal,
+    load_settings,
+    one_line,
+    redact_url,
+    redis_connection,
+    run_script,
+)
+from extras.cli import ArgumentParser, whole_number
+from extras.encryption import encrypting_client
 from extras.scheduled_workflows import (
     CLEANUP_ACTIVITY,
     CleanedRun,
     PayloadCleanupReport,
     PayloadCleanupRequest,
 )
-from extras.schedules import add_schedule_arguments, cleanup_schedule_command, when_from_args
-from extras.settings import (
-    ArgumentParser,
-    ConfigError,
-    close_redis,
-    connect_temporal,
-    exit_without_finalizing,
-    load_settings,
-    one_line,
-    open_redis,
-    redact_url,
+from extras.schedules import (
+    CLEANUP_SCHEDULE_ID,
+    add_schedule_arguments,
+    create_cleanup_schedule,
+    when_from_args,
 )
-from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key, payload_key_pattern
+from redis_driver import DEFAULT_KEY_PREFIX, PayloadKey, parse_payload_key, payload_key_pattern
 
 SCAN_COUNT = 1000
 DEFAULT_GRACE_MINUTES = 60
 # The scheduled clean-up lists this many deleted runs in its report and counts the rest.
 RUNS_REPORTED = 100
 HEARTBEAT_SECONDS = 10
-
-RedisClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+# Minutes a --grace-minutes may span: ten years.
+MAX_GRACE_MINUTES = 10 * 366 * 24 * 60
 
 
 @dataclass(frozen=True)
 class StoredPayload:
-    """One payload key, parsed back into the identity the driver put into it."""
+    """One payload key as the driver wrote it, and what Redis says of it."""
 
-    key: str
-    kind: str  # "workflow", "activity" (standalone activity) or "unscoped"
-    namespace: str | None = None
-    type_name: str | None = None
-    owner_id: str | None = None
-    run_id: str | None = None
-    size_bytes: int = 0
-    ttl_ms: int | None = None  # None: never expires
-    idle_seconds: int | None = None  # since last read or write; None if Redis cannot tell
-
-
-def parse_key(key: str, key_prefix: str) -> StoredPayload | None:
-    """The driver's identity for ``key`` (see ``redis_driver.parse_payload_key``)."""
-    parsed = parse_payload_key(key, key_prefix)
-    if parsed is None:
-        return None
-    return StoredPayload(
-        key=key,
-        kind=parsed.scope,
-        namespace=parsed.namespace,
-        type_name=parsed.type_name,
-        owner_id=parsed.owner_id,
-        run_id=parsed.run_id,
-    )
+    identity: PayloadKey
+    size_bytes: int
+    ttl_ms: int | None  # None: never expires
+    idle_seconds: int | None  # since last read or write; None if Redis cannot tell
 
 
 async def scan_payloads(
@@ -126,14 +109,14 @@ async def _measure(
     measured: list[StoredPayload | str] = []
     for index, key in enumerate(keys):
         idle, size, pttl = replies[3 * index : 3 * index + 3]
-        parsed = parse_key(key, key_prefix)
+        parsed = parse_payload_key(key, key_prefix)
         if pttl == -2 or isinstance(size, Exception):
             continue  # expired or deleted since SCAN returned it
         if parsed is None:
             measured.append(key)
             continue
         measured.append(
-            dataclasses.replace(
+            StoredPayload(
                 parsed,
                 size_bytes=int(size),
                 ttl_ms=int(pttl) if isinstance(pttl, int) and pttl >= 0 else None,
@@ -157,19 +140,20 @@ class PayloadGroup:
     ttls_ms: list[int | None] = field(default_factory=list)
 
     def add(self, payload: StoredPayload) -> None:
-        self.run_ids.add(payload.run_id or "-")
-        self.keys.append(payload.key)
+        self.run_ids.add(payload.identity.run_id or "-")
+        self.keys.append(payload.identity.key)
         self.size_bytes += payload.size_bytes
         self.ttls_ms.append(payload.ttl_ms)
 
 
 def _group_key(payload: StoredPayload) -> tuple[str, str, str]:
-    if payload.kind == "unscoped":
+    key = payload.identity
+    if key.scope == "unscoped":
         return ("-", "-", "(no workflow or activity scope)")
-    owner = payload.owner_id or "-"
-    if payload.kind == "activity":
+    owner = key.owner_id or "-"
+    if key.scope == "activity":
         owner = f"activity {owner}"
-    return (payload.namespace or "-", payload.type_name or "-", owner)
+    return (key.namespace or "-", key.type_name or "-", owner)
 
 
 # ---------------------------------------------------------------------------------------- list
@@ -210,11 +194,14 @@ async def list_payloads(
         table.add_column("Key (sha256)")
         table.add_column("Bytes", justify="right")
         table.add_column("TTL", justify="right")
-        for row in sorted(rows, key=lambda r: (r.namespace or "", r.run_id or "", r.key)):
-            digest = row.key.rsplit(":", 1)[-1]
+        for row in sorted(
+            rows,
+            key=lambda r: (r.identity.namespace or "", r.identity.run_id or "", r.identity.key),
+        ):
+            ident = row.identity
             table.add_row(
-                _in(row.namespace, where) + (row.run_id or "- (workflow start)"),
-                f"{digest[:12]}…",
+                _in(ident.namespace, where) + (ident.run_id or "- (workflow start)"),
+                f"{ident.digest[:12]}…",
                 f"{row.size_bytes:,}",
                 _ttl([row.ttl_ms]),
             )
@@ -362,14 +349,15 @@ async def plan_gc(
             owner = "(keys not in the driver's layout)"
             other.setdefault(("-", "-", owner), PayloadGroup("-", "-", owner)).keys.append(item)
             continue
-        if item.kind != "workflow":
+        key = item.identity
+        if key.scope != "workflow":
             group_key = _group_key(item)
             other.setdefault(group_key, PayloadGroup(*group_key)).add(item)
             continue
-        run_key = (item.namespace or "-", item.type_name or "-", item.owner_id or "-", item.run_id)
+        run_key = (key.namespace or "-", key.type_name or "-", key.owner_id or "-", key.run_id)
         run = runs.get(run_key)
         if run is None:
-            run = runs[run_key] = GcRun(PayloadGroup(*run_key[:3]), item.run_id)
+            run = runs[run_key] = GcRun(PayloadGroup(*run_key[:3]), key.run_id)
         run.group.add(item)
         run.idle_seconds.append(item.idle_seconds)
 
@@ -495,31 +483,25 @@ async def gc(
 class PayloadCleanup:
     """The scheduled clean-up's activity: :func:`collect_garbage` with ``--yes``, on a worker.
 
-    It judges runs with the worker's Temporal client (so its namespace), and opens its own
-    connection to ``REDIS_URL``, the Redis that the worker's storage driver writes to.
+    It judges runs with the worker's Temporal client (so its namespace) and deletes from
+    ``redis_client``, the Redis that the worker's storage driver writes to.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, redis_client: RedisClient) -> None:
         self._client = client
+        self._redis = redis_client
 
     @activity.defn(name=CLEANUP_ACTIVITY)
     async def collect_payload_garbage(self, request: PayloadCleanupRequest) -> PayloadCleanupReport:
-        try:
-            redis_client = await open_redis(load_settings().redis_url)
-        except ConfigError as err:
-            raise ApplicationError(str(err), type="RedisUnavailableError") from None  # retried
-        try:
-            async with _heartbeating():
-                outcome = await collect_garbage(
-                    redis_client,
-                    self._client,
-                    request.key_prefix,
-                    delete=True,
-                    grace=timedelta(minutes=request.grace_minutes),
-                    now=request.as_of,
-                )
-        finally:
-            await close_redis(redis_client)
+        async with _heartbeating():
+            outcome = await collect_garbage(
+                self._redis,
+                self._client,
+                request.key_prefix,
+                delete=True,
+                grace=timedelta(minutes=request.grace_minutes),
+                now=request.as_of,
+            )
         report = cleanup_report(outcome)
         activity.logger.info(
             "Payload clean-up under %s: deleted %s (%s bytes) of %s; kept %s.",
@@ -572,32 +554,33 @@ def cleanup_report(outcome: GcOutcome) -> PayloadCleanupReport:
 # ----------------------------------------------------------------------------------------- CLI
 
 
-async def main(args: argparse.Namespace, console: Console) -> int:
+async def main(args: argparse.Namespace) -> int:
+    console = Console(markup=False, highlight=False)  # ids and keys are printed as they are
     settings = load_settings()
-    redis_client = await open_redis(settings.redis_url)
-    try:
-        if args.command == "list":
-            await list_payloads(
-                redis_client, args.key_prefix, console, args.workflow_id, keys_only=args.keys
-            )
-        else:
-            client = await connect_temporal(DataConverter.default)
-            await gc(
-                redis_client,
-                client,
-                args.key_prefix,
-                console,
-                yes=args.yes,
-                grace=timedelta(minutes=args.grace_minutes),
-            )
-    except redis.exceptions.RedisError as err:
-        # e.g. an ACL user without SCAN, or Redis gone for longer than the retries last
-        raise ConfigError(
-            f"Redis at {redact_url(settings.redis_url)} did not answer ({one_line(err)}); this "
-            "tool needs SCAN, STRLEN, PTTL, OBJECT and, for gc --yes, UNLINK on the payload keys."
-        ) from None
-    finally:
-        await close_redis(redis_client)
+    if args.command == "gc" and args.when is not None:
+        request = PayloadCleanupRequest(args.key_prefix, args.grace_minutes)
+        async with encrypting_client() as client:
+            schedule_id = args.schedule_id or CLEANUP_SCHEDULE_ID
+            await create_cleanup_schedule(client, console, request, args.when, schedule_id)
+        return 0
+    async with redis_connection(settings.redis_url) as redis_client:
+        try:
+            if args.command == "list":
+                await list_payloads(
+                    redis_client, args.key_prefix, console, args.workflow_id, keys_only=args.keys
+                )
+            else:
+                # gc only reads workflow states: the default converter will do.
+                client = await connect_temporal(DataConverter.default)
+                grace = timedelta(minutes=args.grace_minutes)
+                await gc(redis_client, client, args.key_prefix, console, yes=args.yes, grace=grace)
+        except redis.exceptions.RedisError as err:
+            # e.g. an ACL user without SCAN, or Redis gone for longer than the retries last
+            raise ConfigError(
+                f"Redis at {redact_url(settings.redis_url)} did not answer ({one_line(err)}); "
+                "this tool needs SCAN, STRLEN, PTTL, OBJECT and, for gc --yes, UNLINK on the "
+                "payload keys."
+            ) from None
     return 0
 
 
@@ -605,12 +588,6 @@ def _non_blank(raw: str) -> str:
     if not raw.strip() or any(c.isspace() for c in raw):
         raise argparse.ArgumentTypeError(f"must be non-empty without whitespace, got {raw!r}")
     return raw
-
-
-def _minutes(raw: str) -> int:
-    if not raw.isdigit():
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of minutes (0 or more)")
-    return int(raw)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -637,7 +614,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     gc_parser.add_argument("--yes", action="store_true", help="delete (default: dry run)")
     gc_parser.add_argument(
         "--grace-minutes",
-        type=_minutes,
+        type=whole_number(0, MAX_GRACE_MINUTES, example="--grace-minutes 60"),
         default=DEFAULT_GRACE_MINUTES,
         help="keep payloads read or written this recently "
         f"(default {DEFAULT_GRACE_MINUTES}; covers a start that is still in flight)",
@@ -654,14 +631,4 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    cli_args = parse_args()
-    if cli_args.when is not None:
-        exit_without_finalizing(cleanup_schedule_command(cli_args, cli_args.when))
-    try:
-        # Ids and keys are printed as they are, never read as markup.
-        sys.exit(asyncio.run(main(cli_args, Console(markup=False, highlight=False))))
-    except ConfigError as err:
-        Console(stderr=True).print(Text(f"payloads: {err}", "red"))
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_script("payloads", main(parse_args()))

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from extras.settings import ConfigError
+from config import ConfigError
 
 STARTUP_TIMEOUT_SECONDS = 60.0
 PROJECT_DIR = Path(__file__).resolve().parent.parent

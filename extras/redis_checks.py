@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import redis.asyncio
+import redis
 
-from extras.settings import close_redis, open_redis
-
-
-async def payload_risks_at(redis_url: str) -> list[str]:
-    """:func:`payload_risks` over a short-lived connection to ``redis_url``."""
-    client = await open_redis(redis_url)
-    try:
-        return await payload_risks(client)
-    finally:
-        await close_redis(client)
+from config import RedisClient
 
 
-async def payload_risks(client: redis.asyncio.Redis | redis.asyncio.RedisCluster) -> list[str]:
+async def payload_risks(client: RedisClient) -> list[str]:
     """One sentence per setting that can lose stored payloads; empty when Redis looks safe.
 
     Reads ``CONFIG GET``; a server that forbids it (managed Redis, an ACL user without

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from google.protobuf import json_format
 from rich import box
 from rich.table import Table
 from rich.text import Text
@@ -24,17 +23,13 @@ from temporalio.client import Client
 from temporalio.converter import (
     DataConverter,
     PayloadCodec,
-    StorageDriverClaim,
-    StorageDriverRetrieveContext,
 )
 from temporalio.exceptions import ApplicationError
 
 from codec import ZstdCodec
 from converter import CodecChain
-from models import BatchSummary
-from placeholders import placeholder_error
+from extras.references import fetch_stored, storage_reference
 
-REFERENCE_MESSAGE_TYPE = ExternalStorageReference.DESCRIPTOR.full_name.encode()
 HISTORY_READS_AT_ONCE = 8
 # The batch workflow's own payloads have these names; a page's activities keep theirs.
 HOP_ORDER = (
@@ -77,13 +72,6 @@ class PayloadReport:
     def redis_keys(self) -> list[str]:
         """The distinct Redis keys, in the order the histories first mention them."""
         return list(dict.fromkeys(key for hop in self.hops for key in hop.redis_keys))
-
-
-def storage_reference(payload: Payload) -> ExternalStorageReference | None:
-    """The claim-check reference this payload holds, or None if its data is inline."""
-    if payload.metadata.get("messageType") != REFERENCE_MESSAGE_TYPE:
-        return None
-    return json_format.Parse(payload.data, ExternalStorageReference())
 
 
 def payloads_by_hop(events: Sequence[HistoryEvent], *, page: bool) -> list[tuple[str, Payload]]:
@@ -237,30 +225,11 @@ async def _stored_original_size(
 ) -> int | None:
     if any("RedisUnavailableError" in problem for problem in problems):
         return None  # each read would wait out the retries again
-    stored = await _fetch(converter, reference)
+    stored = await fetch_stored(converter, reference)
     if isinstance(stored, ApplicationError):
         problems.append(str(stored))
         return None
     return await _measured(converter, stored, problems)
-
-
-async def _fetch(
-    converter: DataConverter, reference: ExternalStorageReference
-) -> Payload | ApplicationError:
-    """The stored payload a reference names, or the error that says why it cannot be read."""
-    storage = converter.external_storage
-    drivers = {driver.name(): driver for driver in storage.drivers} if storage else {}
-    driver = drivers.get(reference.driver_name)
-    if driver is None:
-        return ApplicationError(
-            f"no storage driver named {reference.driver_name!r} is configured", type="NoDriver"
-        )
-    claim = StorageDriverClaim(claim_data=dict(reference.claim_data))
-    try:
-        [stored] = await driver.retrieve(StorageDriverRetrieveContext(), [claim])
-    except ApplicationError as err:
-        return err
-    return placeholder_error(stored) or stored
 
 
 async def unreadable_payloads(
@@ -273,25 +242,10 @@ async def unreadable_payloads(
     for _, payload in payloads_by_hop(events, page=True):
         reference = storage_reference(payload)
         if reference is not None:
-            stored = await _fetch(converter, reference)
+            stored = await fetch_stored(converter, reference)
             if isinstance(stored, ApplicationError):
                 errors.append(stored)
     return errors
-
-
-def summary_table(summary: BatchSummary) -> Table:
-    table = Table(title=Text(f"Batch {summary.batch_id}"), show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("Orders", f"{summary.order_count:,}")
-    table.add_row("Total shipping cost", f"${summary.total_shipping_cost_cents / 100:,.2f}")
-    table.add_row("Total weight", f"{summary.total_weight_grams / 1000:,.1f} kg")
-    table.add_row("Average delivery", f"{summary.average_delivery_days:.2f} days")
-    busiest = sorted(summary.orders_per_state.items(), key=lambda item: -item[1])[:5]
-    table.add_row(
-        "Top destinations", Text(", ".join(f"{state} {count:,}" for state, count in busiest))
-    )
-    return table
 
 
 def payload_table(report: PayloadReport) -> Table:

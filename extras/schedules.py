@@ -1,22 +1,21 @@
 """Temporal Schedules for the sample: order batches on a cron expression, at an interval or once
-at a later time (`uv run starter.py --schedule CRON | --every DURATION | --start-at TIME`), and
-the payload clean-up (`uv run -m extras.payloads gc --yes --every DURATION | --schedule CRON`).
+at a later time (`uv run -m extras.starter --schedule CRON | --every DURATION | --start-at
+TIME`), and the payload clean-up (`uv run -m extras.payloads gc --yes --every DURATION |
+--schedule CRON`).
 
 Each command creates its Schedule, or updates the one with the same id (a paused one stays
 paused), and prints the `temporal schedule` commands that describe, trigger, pause and delete
-it. The worker runs what the Schedules start, on its one task queue.
-Neighbours: scheduled_workflows.py (what the Schedules start), settings.py, models.py.
+it. `uv run -m extras.worker` runs what the Schedules start, on the sample's task queue.
+Neighbours: scheduled_workflows.py (what the Schedules start), config.py, models.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import os
 import re
 import shlex
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +41,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from config import ConfigError, one_line
 from extras.scheduled_workflows import (
     PayloadCleanupRequest,
     PayloadCleanupWorkflow,
@@ -49,8 +49,8 @@ from extras.scheduled_workflows import (
     ScheduledOrderBatchWorkflow,
     scheduled_batch_id,
 )
-from extras.settings import ConfigError, connected_client, load_settings, one_line
 from models import TASK_QUEUE, workflow_id_for
+from starter import temporal_command
 
 BATCH_SCHEDULE_ID = "order-batches"
 CLEANUP_SCHEDULE_ID = "payload-gc"
@@ -343,40 +343,6 @@ async def _create_or_update(
 # ------------------------------------------------------------------------------ the commands
 
 
-def batch_schedule_command(
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    when: When,
-    *,
-    max_batch_id_length: int,
-) -> int:
-    """The starter's flags with a Schedule: ``--batch-id`` is the prefix of every batch id."""
-    prefix = args.batch_id or DEFAULT_BATCH_PREFIX
-    if len(prefix) + len(BATCH_ID_TIME) > max_batch_id_length:
-        parser.error(
-            f"with a Schedule, --batch-id is the prefix of each batch id, which adds "
-            f"{BATCH_ID_TIME}; pass at most {max_batch_id_length - len(BATCH_ID_TIME)} characters"
-        )
-    request = ScheduledBatchRequest(prefix, args.orders, args.page_size, args.pages_in_flight)
-    return run_command(
-        "starter",
-        lambda client, console: create_batch_schedule(
-            client, console, request, when, args.schedule_id
-        ),
-    )
-
-
-def cleanup_schedule_command(args: argparse.Namespace, when: When) -> int:
-    """`uv run -m extras.payloads gc --yes` with ``--every`` or ``--schedule``."""
-    request = PayloadCleanupRequest(args.key_prefix, args.grace_minutes)
-    return run_command(
-        "payloads",
-        lambda client, console: create_cleanup_schedule(
-            client, console, request, when, args.schedule_id or CLEANUP_SCHEDULE_ID
-        ),
-    )
-
-
 async def create_batch_schedule(
     client: Client,
     console: Console,
@@ -384,7 +350,8 @@ async def create_batch_schedule(
     when: When,
     schedule_id: str | None = None,
 ) -> None:
-    """`starter.py --schedule | --every | --start-at`: create or update, then say what it does."""
+    """`extras.starter --schedule | --every | --start-at`: create or update, then say what it
+    does."""
     handle, created = await schedule_batches(client, request, when, schedule_id=schedule_id)
     next_times = (await handle.describe()).info.next_action_times
     first = next_times[0] if next_times else when.at or datetime.now(UTC)  # none while paused
@@ -463,37 +430,3 @@ def _print_next_and_commands(
         "schedule list",
     ):
         console.print(Text(temporal_command(client, command)), soft_wrap=True)
-
-
-def temporal_command(client: Client, command: str) -> str:
-    """``temporal COMMAND`` with the flags that reach this client's service and namespace,
-    unless the environment already sets them for the CLI."""
-    words = ["temporal", command]
-    address = client.service_client.config.target_host
-    if address not in ("localhost:7233", "127.0.0.1:7233") and "TEMPORAL_ADDRESS" not in os.environ:
-        words.append(f"--address {address}")
-    if client.namespace != "default" and "TEMPORAL_NAMESPACE" not in os.environ:
-        words.append(f"--namespace {shlex.quote(client.namespace)}")
-    return " ".join(words)
-
-
-def run_command(prog: str, command: Callable[[Client, Console], Awaitable[None]]) -> int:
-    """Connect as the worker does, run ``command``, and turn what a user can cause into one
-    sentence on stderr. Returns the exit code."""
-
-    async def main() -> None:
-        async with connected_client(load_settings()) as client:
-            await command(client, Console(markup=False, highlight=False))
-
-    errors = Console(stderr=True)
-    try:
-        asyncio.run(main())
-    except ConfigError as err:
-        errors.print(Text(f"{prog}: {err}", "red"))
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as err:  # anything else still ends in one sentence, never a traceback
-        errors.print(Text(f"{prog}: stopped by an unexpected error ({one_line(err)}).", "red"))
-        return 1
-    return 0

@@ -2,9 +2,9 @@
 
 ``generate_orders`` builds order ``i`` of a batch from the batch id and ``i`` alone, so any page
 of a batch holds exactly the orders the whole list would hold at those positions.
-"""
 
-from __future__ import annotations
+Neighbours: models.py. Packages: none.
+"""
 
 import random
 from datetime import UTC, datetime, timedelta
@@ -49,205 +49,65 @@ STATES: dict[str, tuple[tuple[str, ...], str]] = {
     "OR": (("Portland", "Eugene", "Salem"), "97"),
 }
 STATE_CODES = tuple(STATES)
-# (sku, name, description, unit price in cents, unit weight in grams)
+# (sku, name, unit price in cents, unit weight in grams, description)
 CATALOG = (
-    (
-        "KIT-1001",
-        "Stainless Steel Chef's Knife",
-        "8-inch forged blade with a full tang and a riveted pakkawood handle; hand wash only.",
-        8999,
-        340,
-    ),
-    (
-        "KIT-1002",
-        "Cast Iron Skillet",
-        "12-inch pre-seasoned skillet, oven safe to 500F, with a helper handle for lifting.",
-        4499,
-        3400,
-    ),
-    (
-        "KIT-1003",
-        "Bamboo Cutting Board Set",
-        "Three nested boards with juice grooves, finished with food-grade mineral oil.",
-        3499,
-        2100,
-    ),
-    (
-        "KIT-1004",
-        "Pour-Over Coffee Kettle",
-        "1.2 litre gooseneck kettle with a built-in thermometer and a stay-cool handle.",
-        5499,
-        900,
-    ),
-    (
-        "KIT-1005",
-        "Glass Food Storage Containers",
-        "Set of 10 borosilicate containers with locking lids; microwave and dishwasher safe.",
-        3999,
-        4200,
-    ),
-    (
-        "HOM-2001",
-        "Linen Duvet Cover",
-        "Queen size, stonewashed European flax linen with coconut shell buttons.",
-        17900,
-        1600,
-    ),
-    (
-        "HOM-2002",
-        "Memory Foam Pillow",
-        "Adjustable shredded memory foam fill with a removable bamboo-derived cover.",
-        5900,
-        1800,
-    ),
-    (
-        "HOM-2003",
-        "Wool Throw Blanket",
-        "50 x 70 inch merino wool throw with a herringbone weave and fringed edges.",
-        12900,
-        1300,
-    ),
-    (
-        "HOM-2004",
-        "Ceramic Table Lamp",
-        "Hand-glazed ceramic base with a linen drum shade; takes one E26 bulb.",
-        8900,
-        3800,
-    ),
-    (
-        "HOM-2005",
-        "Blackout Curtain Panels",
-        "Pair of 84-inch thermal insulated panels with grommet tops.",
-        4999,
-        2200,
-    ),
-    (
-        "OUT-3001",
-        "Two-Person Backpacking Tent",
-        "Freestanding three-season tent, 1.8 kg trail weight, with two doors and vestibules.",
-        32900,
-        2100,
-    ),
-    (
-        "OUT-3002",
-        "Down Sleeping Bag",
-        "Rated to 20F, 650-fill responsibly sourced down with a water-resistant shell.",
-        27900,
-        1100,
-    ),
-    (
-        "OUT-3003",
-        "Insulated Water Bottle",
-        "32 oz double-wall vacuum insulated stainless bottle; keeps drinks cold for 24 hours.",
-        3499,
-        450,
-    ),
-    (
-        "OUT-3004",
-        "Trekking Poles",
-        "Pair of collapsible carbon fiber poles with cork grips and flick locks.",
-        13900,
-        480,
-    ),
-    (
-        "OUT-3005",
-        "Camp Stove",
-        "Two-burner propane stove with wind guards and push-button ignition.",
-        11900,
-        5300,
-    ),
-    (
-        "ELE-4001",
-        "Wireless Noise-Cancelling Headphones",
-        "Over-ear headphones with 30 hours of battery life and USB-C fast charging.",
-        24900,
-        260,
-    ),
-    (
-        "ELE-4002",
-        "Portable Bluetooth Speaker",
-        "Waterproof IP67 speaker with 12 hours of playback and a built-in strap.",
-        7999,
-        540,
-    ),
-    (
-        "ELE-4003",
-        "USB-C Docking Station",
-        "Dual 4K display output, gigabit ethernet, SD reader and 100 W power delivery.",
-        18900,
-        420,
-    ),
-    (
-        "ELE-4004",
-        "Mechanical Keyboard",
-        "Tenkeyless layout with hot-swappable tactile switches and PBT keycaps.",
-        12900,
-        950,
-    ),
-    (
-        "ELE-4005",
-        "27-inch Monitor",
-        "1440p IPS panel at 165 Hz with a height-adjustable stand and VESA mount.",
-        32900,
-        6800,
-    ),
-    (
-        "FIT-5001",
-        "Adjustable Dumbbell Pair",
-        "Dial-select dumbbells from 5 to 52.5 lb each, with a storage tray.",
-        42900,
-        48000,
-    ),
-    (
-        "FIT-5002",
-        "Yoga Mat",
-        "6 mm natural rubber mat with a polyurethane top layer and alignment lines.",
-        8900,
-        2500,
-    ),
-    (
-        "FIT-5003",
-        "Resistance Band Set",
-        "Five latex bands from 10 to 50 lb with handles, ankle straps and a door anchor.",
-        2999,
-        900,
-    ),
-    (
-        "FIT-5004",
-        "Foam Roller",
-        "High-density EVA roller, 18 inches long, with a textured massage surface.",
-        2499,
-        700,
-    ),
-    (
-        "BOK-6001",
-        "The Art of Fermentation",
-        "Hardcover, 528 pages: an in-depth exploration of essential concepts and processes.",
-        3999,
-        1500,
-    ),
-    (
-        "BOK-6002",
-        "Field Guide to North American Birds",
-        "Flexibound, 600 pages with range maps and more than 2,000 illustrations.",
-        2999,
-        900,
-    ),
-    (
-        "TOY-7001",
-        "Wooden Building Blocks",
-        "100 beechwood blocks in 12 shapes, finished with water-based non-toxic paint.",
-        4999,
-        2600,
-    ),
-    (
-        "TOY-7002",
-        "Strategy Board Game",
-        "For 2 to 5 players aged 10 and up; about 60 minutes a game.",
-        5499,
-        1900,
-    ),
-)
+    ("KIT-1001", "Stainless Steel Chef's Knife", 8999, 340,
+     "8-inch forged blade with a full tang and a riveted pakkawood handle; hand wash only."),
+    ("KIT-1002", "Cast Iron Skillet", 4499, 3400,
+     "12-inch pre-seasoned skillet, oven safe to 500F, with a helper handle for lifting."),
+    ("KIT-1003", "Bamboo Cutting Board Set", 3499, 2100,
+     "Three nested boards with juice grooves, finished with food-grade mineral oil."),
+    ("KIT-1004", "Pour-Over Coffee Kettle", 5499, 900,
+     "1.2 litre gooseneck kettle with a built-in thermometer and a stay-cool handle."),
+    ("KIT-1005", "Glass Food Storage Containers", 3999, 4200,
+     "Set of 10 borosilicate containers with locking lids; microwave and dishwasher safe."),
+    ("HOM-2001", "Linen Duvet Cover", 17900, 1600,
+     "Queen size, stonewashed European flax linen with coconut shell buttons."),
+    ("HOM-2002", "Memory Foam Pillow", 5900, 1800,
+     "Adjustable shredded memory foam fill with a removable bamboo-derived cover."),
+    ("HOM-2003", "Wool Throw Blanket", 12900, 1300,
+     "50 x 70 inch merino wool throw with a herringbone weave and fringed edges."),
+    ("HOM-2004", "Ceramic Table Lamp", 8900, 3800,
+     "Hand-glazed ceramic base with a linen drum shade; takes one E26 bulb."),
+    ("HOM-2005", "Blackout Curtain Panels", 4999, 2200,
+     "Pair of 84-inch thermal insulated panels with grommet tops."),
+    ("OUT-3001", "Two-Person Backpacking Tent", 32900, 2100,
+     "Freestanding three-season tent, 1.8 kg trail weight, with two doors and vestibules."),
+    ("OUT-3002", "Down Sleeping Bag", 27900, 1100,
+     "Rated to 20F, 650-fill responsibly sourced down with a water-resistant shell."),
+    ("OUT-3003", "Insulated Water Bottle", 3499, 450,
+     "32 oz double-wall vacuum insulated stainless bottle; keeps drinks cold for 24 hours."),
+    ("OUT-3004", "Trekking Poles", 13900, 480,
+     "Pair of collapsible carbon fiber poles with cork grips and flick locks."),
+    ("OUT-3005", "Camp Stove", 11900, 5300,
+     "Two-burner propane stove with wind guards and push-button ignition."),
+    ("ELE-4001", "Wireless Noise-Cancelling Headphones", 24900, 260,
+     "Over-ear headphones with 30 hours of battery life and USB-C fast charging."),
+    ("ELE-4002", "Portable Bluetooth Speaker", 7999, 540,
+     "Waterproof IP67 speaker with 12 hours of playback and a built-in strap."),
+    ("ELE-4003", "USB-C Docking Station", 18900, 420,
+     "Dual 4K display output, gigabit ethernet, SD reader and 100 W power delivery."),
+    ("ELE-4004", "Mechanical Keyboard", 12900, 950,
+     "Tenkeyless layout with hot-swappable tactile switches and PBT keycaps."),
+    ("ELE-4005", "27-inch Monitor", 32900, 6800,
+     "1440p IPS panel at 165 Hz with a height-adjustable stand and VESA mount."),
+    ("FIT-5001", "Adjustable Dumbbell Pair", 42900, 48000,
+     "Dial-select dumbbells from 5 to 52.5 lb each, with a storage tray."),
+    ("FIT-5002", "Yoga Mat", 8900, 2500,
+     "6 mm natural rubber mat with a polyurethane top layer and alignment lines."),
+    ("FIT-5003", "Resistance Band Set", 2999, 900,
+     "Five latex bands from 10 to 50 lb with handles, ankle straps and a door anchor."),
+    ("FIT-5004", "Foam Roller", 2499, 700,
+     "High-density EVA roller, 18 inches long, with a textured massage surface."),
+    ("BOK-6001", "The Art of Fermentation", 3999, 1500,
+     "Hardcover, 528 pages: an in-depth exploration of essential concepts and processes."),
+    ("BOK-6002", "Field Guide to North American Birds", 2999, 900,
+     "Flexibound, 600 pages with range maps and more than 2,000 illustrations."),
+    ("TOY-7001", "Wooden Building Blocks", 4999, 2600,
+     "100 beechwood blocks in 12 shapes, finished with water-based non-toxic paint."),
+    ("TOY-7002", "Strategy Board Game", 5499, 1900,
+     "For 2 to 5 players aged 10 and up; about 60 minutes a game."),
+)  # fmt: skip
 HANDLING_NOTES = (
     "Leave the package at the side door if no one answers.",
     "Fragile: contains glass, please handle with care and keep upright.",
@@ -300,7 +160,7 @@ def _generate_order(rng: random.Random, batch_id: str, index: int) -> Order:
     )
     line_items = [
         LineItem(sku, name, description, rng.randint(1, 3), price, grams)
-        for sku, name, description, price, grams in rng.sample(CATALOG, rng.randint(1, 6))
+        for sku, name, price, grams, description in rng.sample(CATALOG, rng.randint(1, 6))
     ]
     placed_at = BATCH_EPOCH + timedelta(minutes=rng.randrange(60 * 24 * 300))
     return Order(

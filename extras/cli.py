@@ -1,0 +1,78 @@
+"""Command-line plumbing for the operational scripts (extras/ and bench/): an argument parser
+whose errors wrap at the terminal's width, the number flags, and a log formatter that wraps
+and shows an exception as its one-line cause. The scripts end through the core's one exit
+path, ``config.run_script``, and flatten errors with ``config.one_line``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+
+def width() -> int:
+    """The terminal's width, or 80 columns when output is not a terminal."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose error message wraps at the terminal's width, like the rest of the
+    scripts' output."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, textwrap.fill(f"{self.prog}: error: {message}", width()) + "\n")
+
+
+def whole_number(low: int, high: int, *, example: str | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an ASCII whole number from ``low`` to ``high``; anything else
+    (``1e3``, ``-1``, a 30-digit number) is refused in one sentence."""
+
+    def parse(raw: str) -> int:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(high))):
+            value = None
+        else:
+            value = int(raw)
+        if value is None or not low <= value <= high:
+            hint = f"; e.g. {example}" if example else ""
+            raise argparse.ArgumentTypeError(
+                f"{raw[:40]!r} is not a whole number from {low:,} to {high:,}{hint}"
+            )
+        return value
+
+    return parse
+
+
+def port_number(*, allow_zero: bool = False) -> Callable[[str], int]:
+    """An argparse ``type`` for a TCP port (0, "any free port", only with ``allow_zero``)."""
+    return whole_number(0 if allow_zero else 1, 65535)
+
+
+class WrappingFormatter(logging.Formatter):
+    """Wraps log lines to the terminal's width, and shows an exception as its one-line cause
+    instead of a traceback (a failed attempt is expected; Temporal retries it). Plain stdlib:
+    workflow code logs from inside the sandbox, where a third-party handler's lazy imports
+    would fail."""
+
+    def formatException(self, ei: Any) -> str:
+        causes, error = [], ei[1]
+        while error is not None:
+            name = getattr(error, "type", None) or type(error).__name__
+            text = " ".join(str(error).split())[:500]  # long enough for a whole payload key
+            causes.append(text if text.startswith(f"{name}: ") else f"{name}: {text}")
+            error = error.__cause__
+        return "  caused by " + " <- ".join(causes)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return textwrap.fill(
+            super().format(record),
+            width=width(),
+            subsequent_indent="  ",
+            break_long_words=False,  # keys and ids stay whole, so they can be copied
+            break_on_hyphens=False,
+        )
