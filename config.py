@@ -1,13 +1,14 @@
 """The settings the core reads from the environment, and the connections it opens.
 
-``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD``, ``PAYLOAD_TTL_SECONDS`` and ``SERVICE_PAYLOAD_LIMIT``
-are checked once, in :func:`load_settings`; Temporal's come from ``temporalio.envconfig``, so
-the CLI's ``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS variables
-and profiles all work. Every failure a user can cause is a ``ConfigError`` with one sentence,
-and :func:`run_script` is the one way the scripts end. No URL is ever printed with its user
-name, password or query: :func:`redact_url`.
+``REDIS_URL``, ``PAYLOAD_SIZE_THRESHOLD``, ``PAYLOAD_TTL_SECONDS``, ``SERVICE_PAYLOAD_LIMIT``,
+``TEMPORAL_TASK_QUEUE`` and ``CARRIER_LOOKUP_LATENCY_MS`` are checked once, in
+:func:`load_settings`; Temporal's come from ``temporalio.envconfig``, so the CLI's
+``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS variables and profiles
+all work. Every failure a user can cause is a ``ConfigError`` with one sentence, and
+:func:`run_script` is the one way the scripts end. No URL is ever printed with its user name,
+password or query: :func:`redact_url`.
 
-Neighbours: converter.py. Packages: temporalio, redis.
+Neighbours: converter.py, models.py. Packages: temporalio, redis.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from converter import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
+from models import TASK_QUEUE
 
 RedisClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
@@ -72,6 +74,7 @@ class Settings:
     # Simulated carrier-rate lookup per order (CARRIER_LOOKUP_LATENCY_MS, default 0): makes a
     # small batch run long enough to watch heartbeats, cancellation and a killed worker.
     carrier_lookup_seconds: float = 0.0
+    task_queue: str = TASK_QUEUE  # TEMPORAL_TASK_QUEUE: e.g. one per environment or test
 
 
 def load_settings(env: Mapping[str, str] = os.environ, *, encrypts: bool = False) -> Settings:
@@ -99,7 +102,13 @@ def load_settings(env: Mapping[str, str] = os.environ, *, encrypts: bool = False
     check_redis_url(redis_url)
     lookup_ms = _whole_number(env, "CARRIER_LOOKUP_LATENCY_MS", 0, 10_000)
     ttl = timedelta(seconds=ttl_seconds) if ttl_seconds else None
-    return Settings(redis_url, threshold, ttl, lookup_ms / 1000)
+    task_queue = env.get("TEMPORAL_TASK_QUEUE") or TASK_QUEUE
+    if not task_queue.isprintable() or task_queue != task_queue.strip() or len(task_queue) > 200:
+        raise ConfigError(
+            f"TEMPORAL_TASK_QUEUE={shown(task_queue)} is not a task queue name (printable, "
+            "no spaces at either end, at most 200 characters); fix or unset it."
+        )
+    return Settings(redis_url, threshold, ttl, lookup_ms / 1000, task_queue)
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:

@@ -106,7 +106,8 @@ def temporal_command(client: Client, command: str) -> str:
     """``temporal COMMAND`` as it runs from here (``uv run temporal`` when the CLI is only in
     this project's environment), with the flags that reach this client's namespace."""
     words = ["temporal", command]
-    if not shutil.which("temporal") and (Path(sys.executable).parent / "temporal").exists():
+    found = shutil.which("temporal")  # under `uv run`, the project's environment is on PATH
+    if found and Path(found).parent == Path(sys.executable).parent:
         words.insert(0, "uv run")
     if (address := client.service_client.config.target_host) != "localhost:7233":
         words.append(f"--address {address}")
@@ -115,9 +116,11 @@ def temporal_command(client: Client, command: str) -> str:
     return " ".join(words)
 
 
-async def run_batch(client: Client, request: OrderBatchRequest, console: Console) -> int:
+async def run_batch(
+    client: Client, request: OrderBatchRequest, console: Console, task_queue: str = TASK_QUEUE
+) -> int:
     """Start (or find) the batch, watch it, print its summary; return the exit code."""
-    handle, started = await start_or_find(client, request)
+    handle, started = await start_or_find(client, request, task_queue=task_queue)
     did = f"Started batch {request.batch_id} ({request.order_count:,} orders) as"
     if not started:
         did = f"Batch {request.batch_id} ran or runs already; reporting"
@@ -139,8 +142,9 @@ async def run_batch(client: Client, request: OrderBatchRequest, console: Console
 
 
 async def main(request: OrderBatchRequest) -> int:
-    async with connected_client(load_settings()) as client:
-        return await run_batch(client, request, Console(highlight=False))
+    settings = load_settings()
+    async with connected_client(settings) as client:
+        return await run_batch(client, request, Console(highlight=False), settings.task_queue)
 
 
 if __name__ == "__main__":

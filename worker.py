@@ -108,7 +108,8 @@ async def main() -> int:
     async with connected_client(settings) as client:
         orders = OrderActivities(generate_orders, settings.carrier_lookup_seconds)
         where = f"on {client.service_client.config.target_host}, payloads in Redis at "
-        await serve(build_worker(client, orders=orders), where + redact_url(settings.redis_url))
+        worker = build_worker(client, task_queue=settings.task_queue, orders=orders)
+        await serve(worker, where + redact_url(settings.redis_url))
     return 0
 
 

@@ -17,12 +17,12 @@ from typing import Any, TypeAlias
 import redis.asyncio
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 from temporalio.client import Client
 
+from config import connect_temporal, redis_connection
 from converter import make_data_converter
+from extras.cli import whole_number
 from extras.processes import WorkerProcess, dev_server, redis_server
-from extras.settings import ConfigError, close_redis, connect_temporal, one_line, open_redis
 
 # What config.open_redis returns; the benchmarks' own redis-server is always a plain Redis.
 RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -58,26 +58,13 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# One positive whole number, as a flag type.
+positive_int = whole_number(1, 10**9)
+
+
 def positive_ints(raw: str) -> list[int]:
     """Parse a comma-separated list of positive whole numbers, as a flag type."""
-    try:
-        values = [int(part) for part in raw.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a comma-separated list of numbers >= 1")
-    return values
-
-
-def positive_int(raw: str) -> int:
-    """Parse one positive whole number, as a flag type."""
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
-    return value
+    return [positive_int(part) for part in raw.split(",")]
 
 
 def emit(as_json: bool, result: Any, tables: Sequence[Table]) -> None:
@@ -89,21 +76,6 @@ def emit(as_json: bool, result: Any, tables: Sequence[Table]) -> None:
     out = Console()
     for table in tables:
         out.print(table)
-
-
-def run_main(main: Any) -> int:
-    """Run a benchmark's ``main()``; a ConfigError ends in one sentence, not a traceback."""
-    try:
-        code: int = main()
-        return code
-    except ConfigError as err:
-        console.print(Text(f"bench: {err}", "red"))
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception as err:  # still one sentence: what failed, never a traceback
-        console.print(Text(f"bench: stopped by {type(err).__name__}: {one_line(err)}", "red"))
-        return 1
 
 
 @contextlib.contextmanager
@@ -132,12 +104,9 @@ class Servers:
 async def servers() -> AsyncIterator[Servers]:
     """Start both servers and connect with the sample's DataConverter; stop all on exit."""
     with redis_server() as redis, dev_server() as address:
-        redis_client = await open_redis(redis.url)
-        try:
+        async with redis_connection(redis.url) as redis_client:
             client = await connect_temporal(make_data_converter(redis_client), address=address)
             yield Servers(address, redis.url, redis_client, client)
-        finally:
-            await close_redis(redis_client)
 
 
 def median_ms(samples: Sequence[float]) -> float:

@@ -7,7 +7,6 @@ redis-server of the benchmark's own: all must complete; total wall time and orde
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,13 +21,13 @@ from bench._common import (
     machine_line,
     mib,
     positive_int,
-    run_main,
     servers,
     worker_process,
 )
-from extras.settings import ArgumentParser, ConfigError
-from models import OrderBatchRequest
-from starter import DEFAULT_ORDER_COUNT, start_batch
+from config import ConfigError, run_script
+from extras.cli import ArgumentParser
+from models import DEFAULT_ORDER_COUNT, OrderBatchRequest
+from starter import start_or_find
 
 DEFAULT_BATCHES = 50
 ALL_DONE_TIMEOUT_SECONDS = 1_200.0
@@ -54,7 +53,8 @@ async def run(batches: int, orders: int) -> ConcurrencyResult:
         requests = [OrderBatchRequest(f"CONC-{run_id}-{n:03d}", orders) for n in range(batches)]
         with worker_process(running.address, running.redis_url) as worker:
             started = time.monotonic()
-            handles = await asyncio.gather(*(start_batch(client, request) for request in requests))
+            started_batches = await asyncio.gather(*(start_or_find(client, r) for r in requests))
+            handles = [handle for handle, _ in started_batches]
             try:
                 summaries = await asyncio.wait_for(
                     asyncio.gather(*(handle.result() for handle in handles)),
@@ -106,7 +106,7 @@ def table(result: ConcurrencyResult) -> Table:
     return out
 
 
-def main() -> int:
+async def main() -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--batches",
@@ -125,10 +125,10 @@ def main() -> int:
     from bench._common import console
 
     with console.status(f"{args.batches} batches of {args.orders:,} orders"):
-        result = asyncio.run(run(args.batches, args.orders))
+        result = await run(args.batches, args.orders)
     emit(args.json, result, [table(result)])
     return 0 if result.completed == result.batches else 1
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_script("bench", main())

@@ -10,9 +10,7 @@ its end.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,13 +25,13 @@ from bench._common import (
     machine,
     machine_line,
     positive_int,
-    run_main,
     servers,
     worker_process,
 )
-from extras.settings import ArgumentParser, ConfigError
+from config import ConfigError, run_script
+from extras.cli import ArgumentParser
 from models import OrderBatchRequest
-from starter import start_batch
+from starter import start_or_find
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,8 @@ class LatencyResult:
 
 async def small_batch(client: Client, orders: int) -> float:
     started = time.monotonic()
-    handle = await start_batch(client, OrderBatchRequest(f"small-{uuid.uuid4().hex[:8]}", orders))
+    request = OrderBatchRequest(f"small-{uuid.uuid4().hex[:8]}", orders)
+    handle, _ = await start_or_find(client, request)
     await handle.result()
     return round(time.monotonic() - started, 3)
 
@@ -59,7 +58,7 @@ async def small_batch(client: Client, orders: int) -> float:
 async def measure(client: Client, small: int, large: int, samples: int) -> tuple[list[float], ...]:
     await small_batch(client, small)  # warm up: imports, the sandbox, connections
     idle = [await small_batch(client, small) for _ in range(samples)]
-    big = await start_batch(client, OrderBatchRequest(f"large-{uuid.uuid4().hex[:8]}", large))
+    big, _ = await start_or_find(client, OrderBatchRequest(f"large-{uuid.uuid4().hex[:8]}", large))
     loaded: list[float] = []
     while len(loaded) < samples:
         seconds = await small_batch(client, small)
@@ -117,7 +116,7 @@ def table(result: LatencyResult) -> Table:
     return out
 
 
-def main() -> int:
+async def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=positive_int, default=100, help="orders (default 100)")
     parser.add_argument(
@@ -126,10 +125,10 @@ def main() -> int:
     parser.add_argument("--samples", type=positive_int, default=7, help="per setting (default 7)")
     add_json_flag(parser)
     args = parser.parse_args()
-    result = asyncio.run(run(args.small, args.large, args.samples))
+    result = await run(args.small, args.large, args.samples)
     emit(args.json, result, [table(result)])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_script("bench", main())

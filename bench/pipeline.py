@@ -15,12 +15,10 @@ is the median of the rounds.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import gc
 import gzip
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -42,18 +40,17 @@ from bench._common import (
     median_ms,
     mib,
     positive_ints,
-    run_main,
 )
 from bench.filler import filler_page
 from codec import ZSTD_LEVEL
+from config import close_redis, open_redis, run_script
 from converter import make_data_converter
+from extras.cli import ArgumentParser
 from extras.processes import redis_server
-from extras.sample_data import generate_orders
-from extras.settings import ArgumentParser, close_redis, open_redis
 from json_converter import gc_paused
-from models import OrderPage
+from models import DEFAULT_ORDER_COUNT, OrderPage
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
-from starter import DEFAULT_ORDER_COUNT
+from sample_data import generate_orders
 
 DEFAULT_ROUNDS = 5
 ZSTD_LEVELS_COMPARED = (1, 2, 3, 6)
@@ -395,7 +392,7 @@ async def run(data_sets: dict[str, list[int]], rounds: int) -> PipelineResult:
     return PipelineResult(machine=machine(), rounds=rounds, sizes=results, levels=levels)
 
 
-def main() -> int:
+async def main() -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--orders",
@@ -420,10 +417,10 @@ def main() -> int:
     )
     add_json_flag(parser)
     args = parser.parse_args()
-    result = asyncio.run(run({"orders": args.orders, "filler": args.filler_orders}, args.rounds))
+    result = await run({"orders": args.orders, "filler": args.filler_orders}, args.rounds)
     emit(args.json, result, tables(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_script("bench", main())

@@ -31,13 +31,13 @@ from bench._common import (
     machine_line,
     positive_int,
     positive_ints,
-    run_main,
     servers,
     worker_process,
 )
+from config import ConfigError, run_script
+from extras.cli import ArgumentParser
 from extras.processes import PROJECT_DIR
 from extras.report import batch_histories, payload_report
-from extras.settings import ArgumentParser, ConfigError
 from models import DEFAULT_PAGE_SIZE, workflow_id_for
 
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
@@ -174,7 +174,7 @@ def table(result: ScaleResult) -> Table:
     return out
 
 
-def main() -> int:
+async def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--orders",
@@ -190,10 +190,10 @@ def main() -> int:
     )
     add_json_flag(parser)
     args = parser.parse_args()
-    result = asyncio.run(run(args.orders, args.page_size))
+    result = await run(args.orders, args.page_size)
     emit(args.json, result, [table(result)])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_script("bench", main())

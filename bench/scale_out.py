@@ -11,10 +11,8 @@ each figure is the median of the rounds (a shared 2-core machine is noisy).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import statistics
-import sys
 import uuid
 from dataclasses import dataclass
 
@@ -28,14 +26,14 @@ from bench._common import (
     machine,
     machine_line,
     positive_int,
-    run_main,
     servers,
     worker_process,
 )
+from config import run_script
+from extras.cli import ArgumentParser
 from extras.report import batch_histories
-from extras.settings import ArgumentParser
 from models import OrderBatchRequest
-from starter import start_batch
+from starter import start_or_find
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ async def wall_seconds(client: Client, orders: int, pages_in_flight: int) -> flo
     request = OrderBatchRequest(
         f"out-{uuid.uuid4().hex[:8]}", orders, pages_in_flight=pages_in_flight
     )
-    handle = await start_batch(client, request)
+    handle, _ = await start_or_find(client, request)
     await handle.result()
     runs, _ = await batch_histories(client, handle.id, handle.result_run_id or "")
     began, ended = runs[0][0].event_time.ToDatetime(), runs[-1][-1].event_time.ToDatetime()
@@ -110,7 +108,7 @@ def table(result: ScaleOutResult) -> Table:
     return out
 
 
-def main() -> int:
+async def main() -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--orders", type=positive_int, default=1_000_000, help="orders (default 1000000)"
@@ -124,10 +122,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of each (default 2)")
     add_json_flag(parser)
     args = parser.parse_args()
-    result = asyncio.run(run(args.orders, args.pages_in_flight, args.rounds))
+    result = await run(args.orders, args.pages_in_flight, args.rounds)
     emit(args.json, result, [table(result)])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_script("bench", main())

@@ -31,7 +31,7 @@ from temporalio.client import Client
 from temporalio.converter import PayloadCodec
 from temporalio.exceptions import ApplicationError
 
-from config import ConfigError, connected_client, load_settings
+from config import ConfigError, Settings, connected_client
 from extras.cli import ArgumentParser
 
 ENCRYPTED_ENCODING = b"binary/redis-sample-aes-siv"
@@ -163,10 +163,11 @@ def codec_from_env(env: Mapping[str, str] = os.environ) -> EncryptionCodec:
 
 
 @contextlib.asynccontextmanager
-async def encrypting_client(*, address: str | None = None) -> AsyncIterator[Client]:
+async def encrypting_client(
+    settings: Settings, *, address: str | None = None
+) -> AsyncIterator[Client]:
     """``config.connected_client`` with the codec for ``PAYLOAD_ENCRYPTION_KEYS`` in the
     chain: what the extras' scripts connect with."""
-    settings = load_settings(encrypts=True)
     async with connected_client(settings, codecs=[codec_from_env()], address=address) as client:
         yield client
 

@@ -556,12 +556,14 @@ def cleanup_report(outcome: GcOutcome) -> PayloadCleanupReport:
 
 async def main(args: argparse.Namespace) -> int:
     console = Console(markup=False, highlight=False)  # ids and keys are printed as they are
-    settings = load_settings()
+    settings = load_settings(encrypts=True)
     if args.command == "gc" and args.when is not None:
         request = PayloadCleanupRequest(args.key_prefix, args.grace_minutes)
-        async with encrypting_client() as client:
+        async with encrypting_client(settings) as client:
             schedule_id = args.schedule_id or CLEANUP_SCHEDULE_ID
-            await create_cleanup_schedule(client, console, request, args.when, schedule_id)
+            await create_cleanup_schedule(
+                client, console, request, args.when, schedule_id, task_queue=settings.task_queue
+            )
         return 0
     async with redis_connection(settings.redis_url) as redis_client:
         try:

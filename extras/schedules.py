@@ -349,10 +349,14 @@ async def create_batch_schedule(
     request: ScheduledBatchRequest,
     when: When,
     schedule_id: str | None = None,
+    *,
+    task_queue: str = TASK_QUEUE,
 ) -> None:
     """`extras.starter --schedule | --every | --start-at`: create or update, then say what it
     does."""
-    handle, created = await schedule_batches(client, request, when, schedule_id=schedule_id)
+    handle, created = await schedule_batches(
+        client, request, when, schedule_id=schedule_id, task_queue=task_queue
+    )
     next_times = (await handle.describe()).info.next_action_times
     first = next_times[0] if next_times else when.at or datetime.now(UTC)  # none while paused
     example = scheduled_batch_id(request.batch_prefix, first)
@@ -388,10 +392,14 @@ async def create_cleanup_schedule(
     request: PayloadCleanupRequest,
     when: When,
     schedule_id: str = CLEANUP_SCHEDULE_ID,
+    *,
+    task_queue: str = TASK_QUEUE,
 ) -> None:
     """`uv run -m extras.payloads gc --yes --every | --schedule`: create or update, then say
     what it does."""
-    handle, created = await schedule_clean_up(client, request, when, schedule_id=schedule_id)
+    handle, created = await schedule_clean_up(
+        client, request, when, schedule_id=schedule_id, task_queue=task_queue
+    )
     next_times = (await handle.describe()).info.next_action_times
     _print_what(
         console,

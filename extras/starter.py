@@ -15,7 +15,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from config import ConfigError, one_line, run_script
+from config import ConfigError, load_settings, one_line, run_script
 from extras.cli import ArgumentParser
 from extras.encryption import encrypting_client
 from extras.report import payload_report, payload_table
@@ -66,17 +66,21 @@ async def print_payload_report(client: Client, console: Console, workflow_id: st
 
 async def run(request: OrderBatchRequest) -> int:
     console = Console(highlight=False)
-    async with encrypting_client() as client:
-        code = await run_batch(client, request, console)
+    settings = load_settings(encrypts=True)
+    async with encrypting_client(settings) as client:
+        code = await run_batch(client, request, console, settings.task_queue)
         if code == 0:
             await print_payload_report(client, console, workflow_id_for(request.batch_id))
         return code
 
 
 async def schedule(request: ScheduledBatchRequest, when: When, schedule_id: str | None) -> int:
-    async with encrypting_client() as client:
+    settings = load_settings(encrypts=True)
+    async with encrypting_client(settings) as client:
         console = Console(markup=False, highlight=False)
-        await create_batch_schedule(client, console, request, when, schedule_id)
+        await create_batch_schedule(
+            client, console, request, when, schedule_id, task_queue=settings.task_queue
+        )
     return 0
 
 

@@ -44,6 +44,7 @@ async def main(metrics_port: int | None) -> int:
         client = await connect_temporal(converter, runtime=runtime)
         worker = build_worker(
             client,
+            task_queue=settings.task_queue,
             orders=OrderActivities(generate_orders, settings.carrier_lookup_seconds),
             workflows=[ScheduledOrderBatchWorkflow, PayloadCleanupWorkflow],
             activities=[PayloadCleanup(client, redis_client).collect_payload_garbage],
