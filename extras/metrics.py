@@ -28,6 +28,7 @@ from temporalio.runtime import (
     TelemetryFilter,
 )
 
+from config import ConfigError, one_line
 from placeholders import WrappedDriver
 
 # The SDK core's warnings and errors go to this logger, without their extra fields: a failed
@@ -42,7 +43,7 @@ def worker_runtime(metrics_address: str | None = None) -> Runtime:
     """A Temporal runtime whose core logs go to :data:`CORE_LOGGER`; with ``metrics_address``,
     it also serves ``http://{metrics_address}/metrics`` for Prometheus to scrape.
 
-    Raises ``ValueError`` with one clear sentence when the address cannot be served.
+    Raises ``ConfigError`` with one clear sentence when the address cannot be served.
     """
     logging_config = LoggingConfig(
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
@@ -57,8 +58,8 @@ def worker_runtime(metrics_address: str | None = None) -> Runtime:
     try:
         return Runtime(telemetry=TelemetryConfig(logging=logging_config, metrics=metrics))
     except Exception as err:
-        raise ValueError(
-            f"Cannot serve metrics on {metrics_address} ({' '.join(str(err).split())[:200]}); "
+        raise ConfigError(
+            f"Cannot serve metrics on {metrics_address} ({one_line(err)}); "
             "pick a free port with --metrics-port."
         ) from None
 

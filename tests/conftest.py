@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import redis.asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from extras.settings import close_redis
+from config import close_redis
 from tests.support import (
     RedisServer,
     cluster_ok,
@@ -53,6 +54,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture
+def task_queue(request: pytest.FixtureRequest) -> str:
+    """A task queue of this test's own, so no worker of another test takes its tasks."""
+    return f"tq-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture

@@ -26,14 +26,22 @@ from temporalio.converter import DataConverter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities import OrderActivities
+from config import ConfigError
 from converter import SamplePayloadConverter
 from extras.processes import RedisServer, WorkerProcess, free_port
 from extras.processes import temporal_cli_path as _temporal_cli_path
-from extras.sample_data import generate_orders
-from extras.settings import ConfigError
-from models import BatchSummary, OrderBatchRequest, OrderPage, PageSummary, workflow_id_for
-from starter import DEFAULT_ORDER_COUNT, start_batch
-from worker import ORDERS, activity_executor
+from models import (
+    DEFAULT_ORDER_COUNT,
+    BatchSummary,
+    OrderBatchRequest,
+    OrderPage,
+    PageSummary,
+    workflow_id_for,
+)
+from sample_data import generate_orders
+from starter import start_or_find
+from worker import ACTIVITY_POOL
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 
 __all__ = ["RedisServer", "free_port"]  # re-exported: the tests' one home for helpers
@@ -46,6 +54,7 @@ CHILD_FAILED = EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED
 
 
 CONVERTER = SamplePayloadConverter()
+ORDERS = OrderActivities(generate_orders)
 
 
 def require(tool: str, install: str) -> None:
@@ -103,6 +112,15 @@ def undisturbed_summary(request: OrderBatchRequest) -> BatchSummary:
     return price(OrderPage(request.batch_id, 1, 0, orders)).batch_summary(request.batch_id)
 
 
+async def start(
+    client: Client, request: OrderBatchRequest, task_queue: str
+) -> WorkflowHandle[Any, BatchSummary]:
+    """Start a batch on ``task_queue`` (each test has its own) and return its handle."""
+    handle, started = await start_or_find(client, request, task_queue=task_queue)
+    assert started, f"batch {request.batch_id} already ran"
+    return handle
+
+
 def page_handle(
     client: Client, request: OrderBatchRequest, page: int = 1
 ) -> WorkflowHandle[Any, Any]:
@@ -125,7 +143,7 @@ def activity_worker(client: Client, task_queue: str) -> Worker:
         client,
         task_queue=task_queue,
         activities=[ORDERS.fetch_orders, ORDERS.process_orders],
-        activity_executor=activity_executor(),
+        activity_executor=ACTIVITY_POOL,
     )
 
 
@@ -194,7 +212,7 @@ async def start_with_fetch_scheduled(
     """
     task_queue = f"{prefix}-{uuid.uuid4().hex[:8]}"
     request = OrderBatchRequest(f"{prefix}-{uuid.uuid4().hex[:8]}", order_count)
-    handle = await start_batch(client, request, task_queue=task_queue)
+    handle = await start(client, request, task_queue)
     page = page_handle(client, request)
     async with workflow_worker(client, task_queue):
         await wait_for_event(page, of_type(ACTIVITY_SCHEDULED))
@@ -218,14 +236,24 @@ def user_env(**overrides: str) -> dict[str, str]:
 
 
 def start_worker(
-    address: str, redis_url: str, *args: str, via_uv: bool = False, **env: str
+    address: str,
+    redis_url: str,
+    task_queue: str,
+    *args: str,
+    script: str = "worker.py",
+    via_uv: bool = False,
+    **env: str,
 ) -> WorkerProcess:
-    """`worker.py [args]` as its own process, returned once it polls.
+    """`worker.py [args]` (or ``script``, e.g. ``-m extras.worker``) as its own process on
+    ``task_queue``, returned once it polls.
 
     ``via_uv`` runs it exactly as the README says; without it the process is Python itself."""
-    script = ["worker.py", *args]
-    command = ["uv", "run", *script] if via_uv else [sys.executable, *script]
-    return WorkerProcess(command, user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, **env))
+    command = [*script.split(), *args]
+    command = ["uv", "run", *command] if via_uv else [sys.executable, *command]
+    environment = user_env(
+        TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, TEMPORAL_TASK_QUEUE=task_queue, **env
+    )
+    return WorkerProcess(command, environment)
 
 
 # -------------------------------------------------------------------------------- the demo

@@ -9,12 +9,12 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 import activities
-from activities import SHIPPING_ZONES, ZONE_RATES, carrier_lookup_seconds, shipping_quote
-from extras.sample_data import CATALOG, STATES, generate_orders
+from activities import SHIPPING_ZONES, ZONE_RATES, shipping_quote
+from config import ConfigError, load_settings
 from models import Address, Customer, LineItem, Order, OrderPage, OrderPageRequest, PageSummary
 from placeholders import placeholder
-from tests.support import activity_env, as_payload, from_payload, price
-from worker import ORDERS
+from sample_data import CATALOG, STATES, generate_orders
+from tests.support import ORDERS, activity_env, as_payload, from_payload, price
 
 
 def _order(state: str, *items: tuple[int, int]) -> Order:
@@ -148,7 +148,7 @@ def test_a_lost_order_list_fails_process_orders_at_once_naming_the_key() -> None
 
 @pytest.mark.parametrize("raw", ["slow", "-1", "1e3", "10001", "\u0663", "9" * 30])
 def test_a_bad_carrier_latency_is_one_sentence(raw: str) -> None:
-    with pytest.raises(ValueError, match="is not a whole number from 0 to 10000; fix or unset"):
-        carrier_lookup_seconds({"CARRIER_LOOKUP_LATENCY_MS": raw})
-    assert carrier_lookup_seconds({"CARRIER_LOOKUP_LATENCY_MS": "250"}) == 0.25
-    assert carrier_lookup_seconds({}) == 0
+    with pytest.raises(ConfigError, match="is not a whole number from 0 to 10000; fix or unset"):
+        load_settings({"CARRIER_LOOKUP_LATENCY_MS": raw})
+    assert load_settings({"CARRIER_LOOKUP_LATENCY_MS": "250"}).carrier_lookup_seconds == 0.25
+    assert load_settings({}).carrier_lookup_seconds == 0

@@ -13,10 +13,10 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from config import open_redis
 from converter import make_data_converter
 from extras.redis_checks import payload_risks
-from extras.settings import open_redis
-from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from models import OrderBatchRequest, workflow_id_for
 from tests.support import (
     RedisServer,
     client_with,
@@ -188,10 +188,10 @@ async def test_starter_reading_another_redis_than_the_worker_still_reports_the_b
 
 
 async def test_starter_with_a_key_the_worker_lacks_fails_at_once_naming_it(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    worker = start_worker(address, redis_server.url)  # no PAYLOAD_ENCRYPTION_KEYS
+    worker = start_worker(address, redis_server.url, task_queue)  # no PAYLOAD_ENCRYPTION_KEYS
     try:
         result, seconds = run_script(
             "starter.py",
@@ -214,24 +214,26 @@ async def test_starter_with_a_key_the_worker_lacks_fails_at_once_naming_it(
     print(f"an encrypted batch on a worker without the key failed after {seconds:.1f}s")
 
 
-async def run_batch_expecting_failure(client: Client, batch_id: str) -> BaseException | None:
-    async with build_worker(client):
+async def run_batch_expecting_failure(
+    client: Client, batch_id: str, task_queue: str
+) -> BaseException | None:
+    async with build_worker(client, task_queue=task_queue):
         with pytest.raises(WorkflowFailureError) as caught:
             await client.execute_workflow(
                 ProcessOrderBatchWorkflow.run,
                 OrderBatchRequest(batch_id, 5_000),
                 id=workflow_id_for(batch_id),
-                task_queue=TASK_QUEUE,
+                task_queue=task_queue,
             )
     return caught.value.cause
 
 
 async def test_ttl_shorter_than_a_page_fails_the_batch_after_a_few_runs_naming_the_key(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     converter = make_data_converter(redis_client, ttl=timedelta(milliseconds=1))
     cause = await run_batch_expecting_failure(
-        client_with(temporal_env, converter), f"short-ttl-{uuid.uuid4().hex[:8]}"
+        client_with(temporal_env, converter), f"short-ttl-{uuid.uuid4().hex[:8]}", task_queue
     )
 
     assert isinstance(cause, ApplicationError) and cause.non_retryable
@@ -242,11 +244,11 @@ async def test_ttl_shorter_than_a_page_fails_the_batch_after_a_few_runs_naming_t
 
 
 async def test_payload_over_max_payload_size_fails_naming_size_and_limit(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     converter = make_data_converter(redis_client, max_payload_size=100_000)
     cause = await run_batch_expecting_failure(
-        client_with(temporal_env, converter), f"too-large-{uuid.uuid4().hex[:8]}"
+        client_with(temporal_env, converter), f"too-large-{uuid.uuid4().hex[:8]}", task_queue
     )
 
     assert isinstance(cause, ApplicationError) and cause.type == "PayloadTooLargeError"
@@ -295,10 +297,10 @@ async def test_worker_start_up_check_tolerates_a_user_without_config_access(
 
 
 def test_worker_prints_the_warning_at_start_up(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    worker = start_worker(address, redis_server.url, COLUMNS="300")
+    worker = start_worker(address, redis_server.url, task_queue, COLUMNS="300")
     try:
         warning = worker.wait_for_line("warning:")
     finally:

@@ -12,18 +12,17 @@ import pytest
 import redis
 from temporalio.testing import WorkflowEnvironment
 
+from config import open_redis
 from converter import make_data_converter
-from extras.settings import open_redis
 from models import OrderBatchRequest, workflow_id_for
-from starter import start_batch
-from tests.support import PROJECT_DIR, RedisServer, client_with, undisturbed_summary
+from tests.support import PROJECT_DIR, RedisServer, client_with, start, undisturbed_summary
 from worker import build_worker
 
 pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
 
 
 async def test_batches_through_a_redis_cluster(
-    cluster_nodes: list[RedisServer], temporal_env: WorkflowEnvironment
+    cluster_nodes: list[RedisServer], temporal_env: WorkflowEnvironment, task_queue: str
 ) -> None:
     url = f"redis+cluster://127.0.0.1:{cluster_nodes[0].port}"
     cluster = await open_redis(url)
@@ -32,9 +31,9 @@ async def test_batches_through_a_redis_cluster(
         # Threshold 0 puts every payload in Redis, so the keys spread over the slots.
         client = client_with(temporal_env, make_data_converter(cluster, payload_size_threshold=0))
         requests = [OrderBatchRequest(f"cluster-{uuid.uuid4().hex[:6]}", 300) for _ in range(2)]
-        async with build_worker(client):
+        async with build_worker(client, task_queue=task_queue):
             for request in requests:
-                summary = await (await start_batch(client, request)).result()
+                summary = await (await start(client, request, task_queue)).result()
                 assert summary == undisturbed_summary(request)
         keys = [k async for k in cluster.scan_iter(match="temporalio:payloads:*")]
     finally:
@@ -72,7 +71,7 @@ async def test_batches_through_a_redis_cluster(
 async def test_cluster_url_on_a_plain_redis_is_one_clear_sentence(
     redis_server: RedisServer,
 ) -> None:
-    from extras.settings import ConfigError
+    from config import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         await open_redis(f"redis+cluster://127.0.0.1:{redis_server.port}")

@@ -10,12 +10,14 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 
-from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec
+from codec import ZSTD_DATA_ENCODING, ZstdCodec
 from converter import make_data_converter
-from extras.sample_data import generate_orders
 from models import OrderPage
+from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE
+from sample_data import generate_orders
 
 MIB = 1024 * 1024
+LIMIT = DEFAULT_MAX_PAYLOAD_SIZE  # what the factory passes
 
 
 def _order_payload(count: int = 200) -> Payload:
@@ -25,7 +27,7 @@ def _order_payload(count: int = 200) -> Payload:
 
 
 async def test_round_trip_gives_back_the_same_payload_smaller() -> None:
-    codec = ZstdCodec()
+    codec = ZstdCodec(max_decompressed_size=LIMIT)
     original = _order_payload()
     original.metadata["messageType"] = b"kept as it is"
     [encoded] = await codec.encode([original])
@@ -38,24 +40,15 @@ async def test_round_trip_gives_back_the_same_payload_smaller() -> None:
     assert ZstdCodec.decoded_size(encoded) == original.ByteSize()  # read from the frame header
 
 
-async def test_payloads_in_the_earlier_format_still_decode() -> None:
-    """The first release compressed the whole serialized payload under binary/zstd."""
-    original = _order_payload()
-    frame = zstandard.ZstdCompressor(level=3).compress(original.SerializeToString())
-    earlier = Payload(metadata={"encoding": ZSTD_ENCODING}, data=frame)
-    assert await ZstdCodec().decode([earlier]) == [original]
-    assert ZstdCodec.decoded_size(earlier) == original.ByteSize()
-
-
 async def test_a_payload_without_an_encoding_round_trips() -> None:
     original = Payload(data=b"x" * 10_000)
-    [encoded] = await ZstdCodec().encode([original])
+    [encoded] = await ZstdCodec(max_decompressed_size=LIMIT).encode([original])
     assert encoded.metadata["encoding"] == ZSTD_DATA_ENCODING
-    assert await ZstdCodec().decode([encoded]) == [original]
+    assert await ZstdCodec(max_decompressed_size=LIMIT).decode([encoded]) == [original]
 
 
 async def test_output_is_deterministic() -> None:
-    codec = ZstdCodec()
+    codec = ZstdCodec(max_decompressed_size=LIMIT)
     [first] = await codec.encode([_order_payload()])
     [second] = await codec.encode([_order_payload()])
     assert first.SerializeToString(deterministic=True) == second.SerializeToString(
@@ -65,7 +58,7 @@ async def test_output_is_deterministic() -> None:
 
 async def test_payload_that_would_not_shrink_is_left_alone() -> None:
     tiny = Payload(metadata={"encoding": b"json/plain"}, data=b"1")
-    [encoded] = await ZstdCodec().encode([tiny])
+    [encoded] = await ZstdCodec(max_decompressed_size=LIMIT).encode([tiny])
     assert encoded == tiny
 
 
@@ -75,7 +68,7 @@ async def test_foreign_payloads_pass_through_decode() -> None:
         Payload(metadata={"encoding": b"binary/gzip"}, data=b"\x1f\x8b not ours"),
         Payload(metadata={"encoding": b"binary/null"}),
     ]
-    assert await ZstdCodec().decode(foreign) == foreign
+    assert await ZstdCodec(max_decompressed_size=LIMIT).decode(foreign) == foreign
 
 
 @pytest.mark.parametrize(
@@ -88,7 +81,7 @@ async def test_foreign_payloads_pass_through_decode() -> None:
     ],
 )  # fmt: skip
 async def test_damaged_data_gives_a_clear_non_retryable_error(damage: object) -> None:
-    codec = ZstdCodec()
+    codec = ZstdCodec(max_decompressed_size=LIMIT)
     [encoded] = await codec.encode([_order_payload()])
     broken = Payload(metadata=encoded.metadata, data=damage(encoded.data))  # type: ignore[operator]
     with pytest.raises(ApplicationError) as caught:
@@ -102,7 +95,9 @@ async def test_damaged_data_gives_a_clear_non_retryable_error(damage: object) ->
 
 
 def zstd_payload(frame: bytes) -> Payload:
-    return Payload(metadata={"encoding": ZSTD_ENCODING}, data=frame)
+    return Payload(
+        metadata={"encoding": ZSTD_DATA_ENCODING, "zstd-inner-encoding": b"json/plain"}, data=frame
+    )
 
 
 def bomb(declared_size: int) -> bytes:
@@ -133,7 +128,7 @@ async def test_a_frame_without_a_declared_size_is_refused() -> None:
     compressor = zstandard.ZstdCompressor().compressobj()  # streaming: no size in the header
     frame = compressor.compress(_order_payload().SerializeToString()) + compressor.flush()
     with pytest.raises(ApplicationError) as caught:
-        await ZstdCodec().decode([zstd_payload(frame)])
+        await ZstdCodec(max_decompressed_size=LIMIT).decode([zstd_payload(frame)])
     assert caught.value.type == "PayloadTooLargeError" and caught.value.non_retryable
     assert caught.value.message == (
         "A zstd-compressed payload does not declare its size, "

@@ -38,7 +38,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter, StorageDriverWorkflowInfo
 from temporalio.testing import WorkflowEnvironment
 
-from codec import ZSTD_DATA_ENCODING, ZSTD_ENCODING, ZstdCodec
+from codec import ZSTD_DATA_ENCODING, ZstdCodec
 from converter import make_data_converter
 from extras.codec_server import (
     DEFAULT_MAX_BODY_SIZE,
@@ -49,10 +49,11 @@ from extras.codec_server import (
     serve,
 )
 from extras.encryption import ENCRYPTED_ENCODING
-from extras.report import storage_reference
-from extras.sample_data import generate_orders
-from models import TASK_QUEUE, OrderBatchRequest, OrderPage, workflow_id_for
+from extras.references import storage_reference
+from models import OrderBatchRequest, OrderPage, workflow_id_for
 from redis_driver import DEFAULT_KEY_PREFIX, payload_key
+from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE as MAX_PAYLOAD
+from sample_data import generate_orders
 from tests.support import (
     PROJECT_DIR,
     RedisServer,
@@ -197,7 +198,7 @@ async def test_threshold_is_applied_to_the_compressed_size_like_the_sdk(
 ) -> None:
     values = order_values()
     order_list = make_data_converter(redis_client).payload_converter.to_payloads(values)[1]
-    size = (await ZstdCodec().encode([order_list]))[0].ByteSize()
+    size = (await ZstdCodec(max_decompressed_size=MAX_PAYLOAD).encode([order_list]))[0].ByteSize()
     for threshold, offloaded in ((size, True), (size + 1, False)):
         converter = make_data_converter(redis_client, payload_size_threshold=threshold)
         async with serve(build_app(converter), "127.0.0.1", 0) as url:
@@ -468,7 +469,7 @@ def zstd_bomb(declared_size: int) -> Payload:
     with zstandard.ZstdCompressor().stream_writer(out, size=declared_size, closefd=False) as writer:
         for _ in range(declared_size // 2**20):
             writer.write(bytes(2**20))
-    return Payload(metadata={"encoding": ZSTD_ENCODING}, data=out.getvalue())
+    return Payload(metadata={"encoding": ZSTD_DATA_ENCODING}, data=out.getvalue())
 
 
 async def test_one_answer_is_bounded_by_max_payload_size(
@@ -655,17 +656,17 @@ async def run_cli(command: list[str]) -> str:
 
 @pytest.mark.slow
 async def test_workflow_show_names_a_lost_payload_and_shows_the_rest(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     converter = make_data_converter(redis_client, payload_size_threshold=THRESHOLD)
     client = client_with(temporal_env, converter)
     batch_id = f"lost-{uuid.uuid4().hex[:8]}"
-    async with build_worker(client):
+    async with build_worker(client, task_queue=task_queue):
         summary = await client.execute_workflow(
             ProcessOrderBatchWorkflow.run,
             OrderBatchRequest(batch_id, 300),
             id=workflow_id_for(batch_id),
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue,
         )
     [key] = [k.decode() async for k in redis_client.scan_iter()]  # the order list, once
     await redis_client.delete(key)
@@ -687,7 +688,7 @@ async def test_workflow_show_names_a_lost_payload_and_shows_the_rest(
 
 @pytest.mark.slow
 async def test_workflow_show_with_codec_endpoint_shows_the_orders(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     """The CLI reads a real batch's history through the codec server: `--output json`."""
     converter = make_data_converter(redis_client)
@@ -695,12 +696,12 @@ async def test_workflow_show_with_codec_endpoint_shows_the_orders(
     config["data_converter"] = converter
     client = Client(**config)
     batch_id = f"cli-{uuid.uuid4().hex[:8]}"
-    async with build_worker(client):
+    async with build_worker(client, task_queue=task_queue):
         await client.execute_workflow(
             ProcessOrderBatchWorkflow.run,
             OrderBatchRequest(batch_id, 5000),
             id=workflow_id_for(batch_id),
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue,
         )
     first = generate_orders(batch_id, 0, 1)[0]
     page_id = workflow_id_for(batch_id) + "-page-1"  # the page's history holds the order list
@@ -948,7 +949,7 @@ json_values = st.recursive(
 def payload_strategy(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     """Payloads in protobuf JSON: inline, zstd (valid, damaged, bombs), and references."""
     encodings = st.sampled_from(
-        [b"json/plain", ZSTD_ENCODING, ZSTD_DATA_ENCODING, b"binary/encrypted", ENCRYPTED_ENCODING]
+        [b"json/plain", b"binary/zstd", ZSTD_DATA_ENCODING, b"binary/encrypted", ENCRYPTED_ENCODING]
     )
     inline = st.tuples(
         st.dictionaries(st.sampled_from(["encoding", "messageType", "x"]),
@@ -957,7 +958,7 @@ def payload_strategy(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     )  # fmt: skip
     compress = zstandard.ZstdCompressor().compress
     zstd = st.tuples(
-        st.sampled_from([{"encoding": ZSTD_ENCODING}, {"encoding": ZSTD_DATA_ENCODING}]),
+        st.sampled_from([{"encoding": b"binary/zstd"}, {"encoding": ZSTD_DATA_ENCODING}]),
         st.binary(max_size=300).map(lambda raw: compress(Payload(data=raw).SerializeToString()))
         | st.binary(max_size=300).map(lambda raw: compress(raw)[:-3])
         | st.just(SMALL_BOMB)

@@ -12,8 +12,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 import extras.demo as demo
+from config import close_redis, open_redis
 from converter import make_data_converter
-from extras.settings import close_redis, open_redis
 from models import OrderBatchRequest
 from starter import run_batch
 from tests.support import free_port
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject
 
 
 async def test_demo_uses_embedded_redis_when_none_can_be_had(
-    monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment
+    monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment, task_queue: str
 ) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     monkeypatch.setattr(shutil, "which", lambda name: None)  # no redis-server on PATH
@@ -36,7 +36,7 @@ async def test_demo_uses_embedded_redis_when_none_can_be_had(
         config = temporal_env.client.config()
         config["data_converter"] = make_data_converter(redis_client)
         client = Client(**config)
-        async with build_worker(client):
+        async with build_worker(client, task_queue=task_queue):
             request = OrderBatchRequest(f"fake-{uuid.uuid4().hex[:8]}", 5_000)
             assert await run_batch(client, request, output) == 0
         assert len([key async for key in redis_client.scan_iter(match="temporalio:*")]) == 1

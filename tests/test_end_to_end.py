@@ -33,11 +33,11 @@ REFERENCE_TYPE = "temporal.api.sdk.v1.ExternalStorageReference"
 
 @pytest.fixture
 def worker_process(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
 ) -> Iterator[WorkerProcess]:
     """`uv run worker.py`, exactly as the README says."""
     address = temporal_env.client.service_client.config.target_host
-    worker = start_worker(address, redis_server.url, via_uv=True)
+    worker = start_worker(address, redis_server.url, task_queue, via_uv=True)
     yield worker
     worker.kill()
 

@@ -25,13 +25,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from config import open_redis
 from converter import make_data_converter
 from extras.codec_server import build_app, serve
-from extras.report import payloads_by_hop, storage_reference, unreadable_payloads
-from extras.sample_data import generate_orders
-from extras.settings import open_redis
+from extras.references import storage_reference
+from extras.report import payloads_by_hop, unreadable_payloads
 from models import OrderBatchRequest, OrderPage, workflow_id_for
-from starter import start_batch
+from sample_data import generate_orders
 from tests.support import (
     ACTIVITY_COMPLETED,
     CHILD_FAILED,
@@ -44,6 +44,7 @@ from tests.support import (
     of_type,
     page_handle,
     run_fetch_only,
+    start,
     start_with_fetch_scheduled,
     start_worker,
     temporal_cli_path,
@@ -125,14 +126,19 @@ async def test_redis_outage_mid_page_is_retried_and_the_batch_completes(
 
 
 async def test_killed_worker_mid_page_resumes_and_finished_pages_are_not_redone(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     client = client_with(temporal_env, make_data_converter(redis_client))
     # Six pages, four at a time; about 2 s of pricing a page, so there is a middle to kill in.
     request = OrderBatchRequest(f"kill-{uuid.uuid4().hex[:8]}", 6_000, page_size=1_000)
-    first = start_worker(address_of(temporal_env), redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
+    first = start_worker(
+        address_of(temporal_env), redis_server.url, task_queue, CARRIER_LOOKUP_LATENCY_MS="2"
+    )
     try:
-        handle = await start_batch(client, request)
+        handle = await start(client, request, task_queue)
         # Kill it while page 5 (of the second wave) is part-way through its pricing.
         await wait_until_processing(page_handle(client, request, 5))
     finally:
@@ -141,7 +147,7 @@ async def test_killed_worker_mid_page_resumes_and_finished_pages_are_not_redone(
         p for p in range(1, 7) if await _page_status(client, request, p) == "COMPLETED"
     }
     assert finished_before, "no page had finished before the kill"
-    second = start_worker(address_of(temporal_env), redis_server.url)
+    second = start_worker(address_of(temporal_env), redis_server.url, task_queue)
     try:
         summary = await handle.result()
     finally:
@@ -178,19 +184,24 @@ async def _page_status(client: Client, request: OrderBatchRequest, number: int) 
 
 
 async def test_lost_order_list_is_fetched_again_and_the_batch_completes(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     """Worker killed during process_orders, Redis flushed, worker restarted."""
     client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"lost-{uuid.uuid4().hex[:8]}", 5_000)
-    first = start_worker(address_of(temporal_env), redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
+    first = start_worker(
+        address_of(temporal_env), redis_server.url, task_queue, CARRIER_LOOKUP_LATENCY_MS="2"
+    )
     try:
-        handle = await start_batch(client, request)
+        handle = await start(client, request, task_queue)
         await wait_until_processing(page_handle(client, request))
     finally:
         first.kill()
     await redis_client.flushall()
-    second = start_worker(address_of(temporal_env), redis_server.url)
+    second = start_worker(address_of(temporal_env), redis_server.url, task_queue)
     try:
         healed = time.monotonic()
         summary = await handle.result()
@@ -255,14 +266,14 @@ async def test_tampered_order_list_fails_the_batch_naming_the_key(
 
 @pytest.mark.parametrize("persistence", ["aof", "none"])
 async def test_redis_killed_mid_batch_and_restarted_the_starter_reports_cleanly(
-    temporal_env: WorkflowEnvironment, own_redis: RedisServer, persistence: str
+    temporal_env: WorkflowEnvironment, own_redis: RedisServer, persistence: str, task_queue: str
 ) -> None:
     """SIGKILL during fetch_orders of a large batch, restarted on the same port; the starter
     runs as a user runs it and must end with the summary, exit 0 and no traceback."""
     options = AOF if persistence == "aof" else ()
     own_redis.start(*options)
     address = address_of(temporal_env)
-    worker = start_worker(address, own_redis.url)
+    worker = start_worker(address, own_redis.url, task_queue)
     batch_id = f"sigkill-{persistence}-{uuid.uuid4().hex[:8]}"
     request = OrderBatchRequest(batch_id, 30_000)
     starter = await asyncio.create_subprocess_exec(
@@ -291,7 +302,7 @@ async def test_redis_killed_mid_batch_and_restarted_the_starter_reports_cleanly(
 
 
 async def test_redis_restarted_while_the_starter_reports(
-    temporal_env: WorkflowEnvironment, own_redis: RedisServer
+    temporal_env: WorkflowEnvironment, own_redis: RedisServer, task_queue: str
 ) -> None:
     own_redis.start(*AOF)
     address = address_of(temporal_env)
@@ -300,8 +311,8 @@ async def test_redis_restarted_while_the_starter_reports(
     client = client_with(
         temporal_env, make_data_converter(redis_client, payload_size_threshold=16 * 1024)
     )
-    async with build_worker(client):
-        await (await start_batch(client, request)).result()
+    async with build_worker(client, task_queue=task_queue):
+        await (await start(client, request, task_queue)).result()
     await redis_client.aclose()
     # The starter reports the finished batch: 20 order lists to read back from Redis. Kill
     # Redis as soon as the summary is printed, i.e. while the report is being built.
@@ -326,13 +337,16 @@ async def test_redis_restarted_while_the_starter_reports(
 
 
 async def test_cancel_stops_process_orders_and_the_starter_says_cancelled(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     address = address_of(temporal_env)
     client = client_with(temporal_env, make_data_converter(redis_client))
     batch_id = f"cancel-{uuid.uuid4().hex[:8]}"
     request = OrderBatchRequest(batch_id, 5_000)
-    worker = start_worker(address, redis_server.url, CARRIER_LOOKUP_LATENCY_MS="5")
+    worker = start_worker(address, redis_server.url, task_queue, CARRIER_LOOKUP_LATENCY_MS="5")
     env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="200")
     starter = await asyncio.create_subprocess_exec(
         sys.executable, "starter.py", "--batch-id", batch_id, "--orders", "5000",
@@ -376,11 +390,12 @@ async def test_replay_of_a_paged_batch_resolves_its_references(
     temporal_env: WorkflowEnvironment,
     redis_client: redis.asyncio.Redis,
     caplog: pytest.LogCaptureFixture,
+    task_queue: str,
 ) -> None:
     client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"replay-{uuid.uuid4().hex[:8]}", 15_000)
-    async with build_worker(client):
-        handle = await start_batch(client, request)
+    async with build_worker(client, task_queue=task_queue):
+        handle = await start(client, request, task_queue)
         await handle.result()
     replayer = Replayer(
         workflows=[ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow],
@@ -411,6 +426,7 @@ async def test_fifty_batches_at_once_through_one_worker(
     redis_client: redis.asyncio.Redis,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
+    task_queue: str,
 ) -> None:
     # A lower threshold sends each 300-order list (about 28 KiB compressed) to Redis.
     client = client_with(
@@ -418,8 +434,8 @@ async def test_fifty_batches_at_once_through_one_worker(
     )
     requests = [OrderBatchRequest(f"load-{uuid.uuid4().hex[:8]}-{n}", 300) for n in range(50)]
     caplog.set_level(logging.WARNING)
-    async with build_worker(client):
-        handles = [await start_batch(client, request) for request in requests]
+    async with build_worker(client, task_queue=task_queue):
+        handles = [await start(client, request, task_queue) for request in requests]
         summaries = await asyncio.gather(*(handle.result() for handle in handles))
 
     for request, summary in zip(requests, summaries, strict=True):
@@ -473,14 +489,19 @@ async def test_codec_server_answers_the_first_request_after_a_redis_restart(
 
 
 async def test_ctrl_c_on_the_worker_lets_running_activities_finish(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     client = client_with(temporal_env, make_data_converter(redis_client))
     request = OrderBatchRequest(f"graceful-{uuid.uuid4().hex[:8]}", 3_000)
     # About 6 s of pricing: Ctrl+C lands in the middle of it.
-    worker = start_worker(address_of(temporal_env), redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
+    worker = start_worker(
+        address_of(temporal_env), redis_server.url, task_queue, CARRIER_LOOKUP_LATENCY_MS="2"
+    )
     try:
-        handle = await start_batch(client, request)
+        handle = await start(client, request, task_queue)
         page = page_handle(client, request)
         await wait_until_processing(page)
         code = await asyncio.to_thread(worker.stop)
@@ -500,16 +521,23 @@ async def test_ctrl_c_on_the_worker_lets_running_activities_finish(
         if e.event_id == completed.activity_task_completed_event_attributes.started_event_id
     )
     assert started.attempt == 1
-    async with build_worker(client):  # someone has to finish the batch's workflow tasks
+    async with build_worker(
+        client, task_queue=task_queue
+    ):  # someone has to finish the batch's workflow tasks
         assert await handle.result() == undisturbed_summary(request)
 
 
 async def test_ctrl_c_on_the_starter_says_the_batch_keeps_running(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     client = client_with(temporal_env, make_data_converter(redis_client))
     batch_id = f"ctrl-c-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(address_of(temporal_env), redis_server.url, CARRIER_LOOKUP_LATENCY_MS="2")
+    worker = start_worker(
+        address_of(temporal_env), redis_server.url, task_queue, CARRIER_LOOKUP_LATENCY_MS="2"
+    )
     starter = await asyncio.create_subprocess_exec(
         sys.executable, "starter.py", "--batch-id", batch_id, "--orders", "3000",
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -17,9 +17,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
 from extras.metrics import CORE_LOGGER, worker_runtime
-from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from models import OrderBatchRequest, workflow_id_for
 from tests.support import PROJECT_DIR, RedisServer, client_with, free_port, start_worker, user_env
-from worker import configure_logging
+from worker import configure_process
 from workflows import ProcessOrderBatchWorkflow
 
 pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
@@ -29,15 +29,19 @@ METRIC_LINE = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$")
 
 
 @pytest.fixture
-def metrics_port(temporal_env: WorkflowEnvironment, redis_server: RedisServer) -> Iterator[int]:
+def metrics_port(
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
+) -> Iterator[int]:
     """A worker process serving metrics on the yielded port."""
     port = free_port()
     address = temporal_env.client.service_client.config.target_host
     worker = start_worker(
         address,
         redis_server.url,
+        task_queue,
         "--metrics-port",
         str(port),
+        script="-m extras.worker",
         via_uv=True,
         PAYLOAD_SIZE_THRESHOLD="10000",
         COLUMNS="200",
@@ -62,7 +66,10 @@ def scrape(port: int) -> dict[str, float]:
 
 
 async def test_worker_metrics_count_offloaded_and_fetched_payloads(
-    metrics_port: int, temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    metrics_port: int,
+    temporal_env: WorkflowEnvironment,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     client = client_with(
         temporal_env, make_data_converter(redis_client, payload_size_threshold=10_000)
@@ -72,7 +79,7 @@ async def test_worker_metrics_count_offloaded_and_fetched_payloads(
         ProcessOrderBatchWorkflow.run,
         OrderBatchRequest(batch_id, 300),
         id=workflow_id_for(batch_id),
-        task_queue=TASK_QUEUE,
+        task_queue=task_queue,
     )
     metrics = scrape(metrics_port)
     # The SDK's own metrics.
@@ -98,7 +105,7 @@ def test_metrics_port_in_use_is_one_clear_sentence(
         taken.listen()
         port = taken.getsockname()[1]
         worker = subprocess.run(
-            ["uv", "run", "worker.py", "--metrics-port", str(port)],
+            ["uv", "run", "-m", "extras.worker", "--metrics-port", str(port)],
             cwd=PROJECT_DIR,
             env=user_env(
                 TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
@@ -122,7 +129,7 @@ def test_core_warnings_reach_the_worker_log_without_the_failure_dump(
     its "Failing workflow task" line, whose fields hold a whole stack trace, is dropped: the
     worker's Python side has just logged the same failure as its one-line cause."""
     assert worker_runtime() is not None  # forwarding configured, no metrics
-    configure_logging()
+    configure_process()
     caplog.set_level(logging.WARNING, logger=CORE_LOGGER.name)
     CORE_LOGGER.warning("Failing workflow task")
     CORE_LOGGER.warning("[TMPRL1104] Workflow task duration exceeded 5 seconds.")

@@ -18,8 +18,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from converter import make_data_converter
-from extras.report import payloads_by_hop, storage_reference
-from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from extras.references import storage_reference
+from extras.report import payloads_by_hop
+from models import OrderBatchRequest, workflow_id_for
 from redis_driver import RedisStorageDriver, new_redis_asyncio_client
 from tests.support import client_with, undisturbed_summary
 from worker import build_worker
@@ -28,12 +29,12 @@ from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
 ORDERS = 200
 
 
-async def start(client: Client, batch_id: str) -> str:
+async def start(client: Client, batch_id: str, task_queue: str) -> str:
     handle = await client.start_workflow(
         ProcessOrderBatchWorkflow.run,
         OrderBatchRequest(batch_id, ORDERS),
         id=workflow_id_for(batch_id),
-        task_queue=TASK_QUEUE,
+        task_queue=task_queue,
     )
     return handle.id
 
@@ -56,17 +57,17 @@ async def replay(converter: DataConverter, client: Client, workflow_id: str) -> 
 
 
 async def test_new_driver_name_and_prefix_still_read_old_payloads(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     # Before: driver "redis" under "orders:old". One batch finishes, one is left running.
     old = make_data_converter(
         redis_client, payload_size_threshold=0, key_prefix="orders:old", driver_name="redis"
     )
     old_client = client_with(temporal_env, old)
-    async with build_worker(old_client):
-        finished = await start(old_client, f"mig-done-{uuid.uuid4().hex[:6]}")
+    async with build_worker(old_client, task_queue=task_queue):
+        finished = await start(old_client, f"mig-done-{uuid.uuid4().hex[:6]}", task_queue)
         await old_client.get_workflow_handle(finished).result()
-    in_flight = await start(old_client, f"mig-running-{uuid.uuid4().hex[:6]}")
+    in_flight = await start(old_client, f"mig-running-{uuid.uuid4().hex[:6]}", task_queue)
 
     # After: new payloads go to driver "redis-v2" under "orders:v2"; the old driver is
     # registered for retrieval only.
@@ -82,7 +83,7 @@ async def test_new_driver_name_and_prefix_still_read_old_payloads(
         ],
     )
     new_client = client_with(temporal_env, new)
-    async with build_worker(new_client):
+    async with build_worker(new_client, task_queue=task_queue):
         summary = await new_client.get_workflow_handle_for(
             ProcessOrderBatchWorkflow.run, in_flight
         ).result()
@@ -112,7 +113,7 @@ async def test_new_driver_name_and_prefix_still_read_old_payloads(
 
 
 async def test_driver_selector_keeps_chosen_payloads_inline(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     def keep_inline(context: StorageDriverSelectContext, payload: Payload) -> bool:
         target = context.target
@@ -122,9 +123,9 @@ async def test_driver_selector_keeps_chosen_payloads_inline(
 
     converter = make_data_converter(redis_client, payload_size_threshold=0, keep_inline=keep_inline)
     client = client_with(temporal_env, converter)
-    async with build_worker(client):
-        inline = await start(client, f"inline-{uuid.uuid4().hex[:6]}")
-        offloaded = await start(client, f"offload-{uuid.uuid4().hex[:6]}")
+    async with build_worker(client, task_queue=task_queue):
+        inline = await start(client, f"inline-{uuid.uuid4().hex[:6]}", task_queue)
+        offloaded = await start(client, f"offload-{uuid.uuid4().hex[:6]}", task_queue)
         for workflow_id in (inline, offloaded):
             await client.get_workflow_handle(workflow_id).result()
     assert set(await driver_names(client, inline)) == {None}

@@ -15,11 +15,11 @@ from temporalio.testing import WorkflowEnvironment
 from converter import make_data_converter
 from extras.processes import WorkerProcess
 from models import OrderBatchRequest
-from starter import start_batch
 from tests.support import (
     RedisServer,
     client_with,
     page_handle,
+    start,
     start_worker,
     undisturbed_summary,
 )
@@ -32,11 +32,17 @@ BATCHES = 6
 
 @pytest.fixture
 def two_workers(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer
+    temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
 ) -> Iterator[list[WorkerProcess]]:
     address = temporal_env.client.service_client.config.target_host
     workers = [
-        start_worker(address, redis_server.url, via_uv=True, PAYLOAD_SIZE_THRESHOLD=str(THRESHOLD))
+        start_worker(
+            address,
+            redis_server.url,
+            task_queue,
+            via_uv=True,
+            PAYLOAD_SIZE_THRESHOLD=str(THRESHOLD),
+        )
         for _ in range(2)
     ]
     try:
@@ -50,6 +56,7 @@ async def test_two_worker_processes_share_the_batches(
     two_workers: list[WorkerProcess],
     temporal_env: WorkflowEnvironment,
     redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     client = client_with(
         temporal_env, make_data_converter(redis_client, payload_size_threshold=THRESHOLD)
@@ -57,7 +64,7 @@ async def test_two_worker_processes_share_the_batches(
     requests = [
         OrderBatchRequest(f"scale-{uuid.uuid4().hex[:6]}", 300 + 100 * n) for n in range(BATCHES)
     ]
-    handles = [await start_batch(client, request) for request in requests]
+    handles = [await start(client, request, task_queue) for request in requests]
     summaries = await asyncio.gather(*(handle.result() for handle in handles))
     identities: set[str] = set()
     for request, summary in zip(requests, summaries, strict=True):

@@ -18,12 +18,12 @@ from temporalio.worker import Replayer
 from converter import make_data_converter
 from extras.payloads import plan_gc
 from models import OrderBatchRequest, workflow_id_for
-from starter import start_batch
 from tests.support import (
     PROJECT_DIR,
     RedisServer,
     client_with,
     keys,
+    start,
     undisturbed_summary,
     usage_error,
 )
@@ -58,6 +58,7 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
     temporal_env: WorkflowEnvironment,
     redis_server: RedisServer,
     redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     # Threshold 0: every payload goes to Redis, including each start input (stored before
     # the run exists, so its key has no run id).
@@ -65,10 +66,10 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
     client = client_with(temporal_env, converter)
     finished = OrderBatchRequest(f"gc-done-{uuid.uuid4().hex[:6]}", ORDERS)
     running = OrderBatchRequest(f"gc-running-{uuid.uuid4().hex[:6]}", ORDERS)
-    async with build_worker(client):
-        await (await start_batch(client, finished)).result()
+    async with build_worker(client, task_queue=task_queue):
+        await (await start(client, finished, task_queue)).result()
     # No worker polls now, so this batch stays running until one does.
-    running_handle = await start_batch(client, running)
+    running_handle = await start(client, running, task_queue)
     # An orphan: a payload of a run that Temporal does not know (e.g. long purged).
     [driver] = converter.external_storage.drivers  # type: ignore[union-attr]
     orphan_run = str(uuid.uuid4())
@@ -127,7 +128,7 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
     assert await keys(redis_client) == before - {orphan_key}
 
     # Both batches still complete (the running one once a worker is back) and replay.
-    async with build_worker(client):
+    async with build_worker(client, task_queue=task_queue):
         summary = await running_handle.result()
     assert summary == undisturbed_summary(running)
     replayer = Replayer(
@@ -141,13 +142,13 @@ async def test_gc_keeps_running_and_retained_batches_and_deletes_orphans(
 
 
 async def test_gc_deletes_a_closed_run_once_past_retention(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     converter = make_data_converter(redis_client, payload_size_threshold=0)
     client = client_with(temporal_env, converter)
     request = OrderBatchRequest(f"gc-old-{uuid.uuid4().hex[:6]}", ORDERS)
-    async with build_worker(client):
-        handle = await start_batch(client, request)
+    async with build_worker(client, task_queue=task_queue):
+        handle = await start(client, request, task_queue)
         await handle.result()
     description = await handle.describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED

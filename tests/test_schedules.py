@@ -29,6 +29,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from config import open_redis
 from converter import make_data_converter
 from extras.encryption import (
     ENCRYPTED_ENCODING,
@@ -46,10 +47,8 @@ from extras.scheduled_workflows import (
     scheduled_batch_id,
 )
 from extras.schedules import When, schedule_batches, schedule_clean_up
-from extras.settings import open_redis
 from models import OrderBatchRequest, workflow_id_for
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key
-from starter import start_batch
 from tests.support import (
     PROJECT_DIR,
     RedisServer,
@@ -60,6 +59,7 @@ from tests.support import (
     page_handle,
     run_fetch_only,
     run_script,
+    start,
     start_with_fetch_scheduled,
     start_worker,
     undisturbed_summary,
@@ -215,6 +215,7 @@ async def test_a_delayed_run_starts_at_its_time_and_not_before(
     temporal_env: WorkflowEnvironment,
     redis_server: RedisServer,
     redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     client = client_with(temporal_env, make_data_converter(redis_client, payload_size_threshold=0))
     prefix, schedule_id = unique("later"), unique("later-schedule")
@@ -245,7 +246,7 @@ async def test_a_delayed_run_starts_at_its_time_and_not_before(
         batch_id = scheduled_batch_id(prefix, at)
         assert f"run as workflow {workflow_id_for(batch_id)};" in printed
 
-        async with build_worker(client):
+        async with build_worker(client, task_queue=task_queue):
             [action] = await wait_for_actions(handle, 1)
             launcher = client.get_workflow_handle_for(
                 ScheduledOrderBatchWorkflow.run, started(action).workflow_id
@@ -270,13 +271,14 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
     redis_server: RedisServer,
     redis_client: redis.asyncio.Redis,
     monkeypatch: pytest.MonkeyPatch,
+    task_queue: str,
 ) -> None:
     # The activity opens REDIS_URL, as it does in the worker process.
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     client = client_with(temporal_env, make_data_converter(redis_client, payload_size_threshold=0))
     finished = OrderBatchRequest(unique("gc-done"), ORDERS)
-    async with build_worker(client):
-        await (await start_batch(client, finished)).result()
+    async with build_worker(client, task_queue=task_queue):
+        await (await start(client, finished, task_queue)).result()
     # The other batch stays running, its order list in Redis between fetch and process.
     running_handle, page, running, task_queue = await start_with_fetch_scheduled(
         client, ORDERS, prefix="gc-running"
@@ -368,6 +370,7 @@ def test_bad_schedule_flags_end_in_one_sentence(
 async def test_schedules_through_a_redis_cluster_with_encryption(
     cluster_nodes: list[RedisServer],
     temporal_env: WorkflowEnvironment,
+    task_queue: str,
 ) -> None:
     url = f"redis+cluster://127.0.0.1:{cluster_nodes[0].port}"
     key_entry = new_key_entry("nightly-1")
@@ -386,7 +389,12 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
         ),
     )
     worker = start_worker(
-        address, url, COLUMNS="250", PAYLOAD_ENCRYPTION_KEYS=key_entry, PAYLOAD_SIZE_THRESHOLD="0"
+        address,
+        url,
+        task_queue,
+        COLUMNS="250",
+        PAYLOAD_ENCRYPTION_KEYS=key_entry,
+        PAYLOAD_SIZE_THRESHOLD="0",
     )
     try:
         for command in (

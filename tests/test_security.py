@@ -3,7 +3,6 @@ user and TLS works without the password ever being printed, and payloads can be 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import ipaddress
 import subprocess
@@ -30,20 +29,22 @@ from temporalio.converter import StorageDriverWorkflowInfo
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from config import ConfigError, load_settings, open_redis
 from converter import make_data_converter
 from extras.codec_server import build_app, serve
 from extras.encryption import (
     ENCRYPTED_ENCODING,
     KEY_ID_METADATA,
     EncryptionCodec,
+    codec_from_env,
     parse_encryption_keys,
 )
-from extras.report import payload_report, payloads_by_hop, storage_reference
-from extras.sample_data import generate_orders
-from extras.settings import ConfigError, load_settings, open_redis
-from models import TASK_QUEUE, OrderBatchRequest, OrderPage, workflow_id_for
+from extras.references import storage_reference
+from extras.report import payload_report, payloads_by_hop
+from models import OrderBatchRequest, OrderPage, workflow_id_for
 from redis_driver import payload_key
-from starter import run_batch, start_batch
+from sample_data import generate_orders
+from starter import run_batch
 from tests.support import (
     PROJECT_DIR,
     RedisServer,
@@ -52,6 +53,7 @@ from tests.support import (
     one_sentence,
     page_handle,
     run_script,
+    start,
     undisturbed_summary,
     user_env,
 )
@@ -80,21 +82,21 @@ HOSTILE_BATCH_IDS = [
 
 @pytest.mark.slow
 async def test_hostile_ids_cannot_reach_another_workflows_keys(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     client = client_with(
         temporal_env, make_data_converter(redis_client, payload_size_threshold=16 * 1024)
     )
     suffix = uuid.uuid4().hex[:6]
     scopes = {}
-    async with build_worker(client):
+    async with build_worker(client, task_queue=task_queue):
         for batch_id in HOSTILE_BATCH_IDS:
             workflow_id = workflow_id_for(f"{batch_id}-{suffix}")
             handle = await client.start_workflow(
                 ProcessOrderBatchWorkflow.run,
                 OrderBatchRequest(f"{batch_id}-{suffix}", 300),
                 id=workflow_id,
-                task_queue=TASK_QUEUE,
+                task_queue=task_queue,
             )
             await handle.result()
             page = client.get_workflow_handle(f"{workflow_id}-page-1")
@@ -274,15 +276,15 @@ def test_the_payload_tools_need_only_the_documented_commands(
 
 @pytest.mark.slow
 async def test_encrypted_batch_leaves_no_customer_data_in_redis(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     keys = parse_encryption_keys(KEY_1)
     client = client_with(
         temporal_env, make_data_converter(redis_client, codecs=[EncryptionCodec(keys)])
     )
     request = OrderBatchRequest(f"sealed-{uuid.uuid4().hex[:8]}", 5_000)
-    async with build_worker(client):
-        summary = await (await start_batch(client, request)).result()
+    async with build_worker(client, task_queue=task_queue):
+        summary = await (await start(client, request, task_queue)).result()
     assert summary == undisturbed_summary(request)
 
     [key] = [key async for key in redis_client.scan_iter(match="temporalio:payloads:*")]
@@ -306,7 +308,7 @@ async def test_encrypted_batch_leaves_no_customer_data_in_redis(
 
 @pytest.mark.slow
 async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     async def run_with(keys: str, batch_id: str) -> Client:
         client = client_with(
@@ -315,9 +317,10 @@ async def test_key_rotation_reads_old_payloads_and_writes_with_the_new_key(
                 redis_client, codecs=[EncryptionCodec(parse_encryption_keys(keys))]
             ),
         )
-        async with build_worker(client):
+        async with build_worker(client, task_queue=task_queue):
             console = Console(record=True, width=200)
-            assert await run_batch(client, OrderBatchRequest(batch_id, 5_000), console) == 0
+            request = OrderBatchRequest(batch_id, 5_000)
+            assert await run_batch(client, request, console, task_queue) == 0
         return client
 
     before, after = f"rot-old-{uuid.uuid4().hex[:6]}", f"rot-new-{uuid.uuid4().hex[:6]}"
@@ -382,27 +385,6 @@ async def test_codec_server_decodes_encrypted_payloads(redis_client: redis.async
     assert decoded == originals
 
 
-# A payload encrypted by the sample's first release (AES-GCM under binary/encrypted) with
-# KEY_1; it must stay readable.
-WRITTEN_BY_THE_FIRST_RELEASE = (
-    "ChwKCGVuY29kaW5nEhBiaW5hcnkvZW5jcnlwdGVkChwKEWVuY3J5cHRpb24ta2V5LWlkEgcyMDI1LTExEmDwU7oi3wYE"
-    "5o+scy3hI07x4Qz2ncXJfJJntcatdg8M93aOL238cpMej8gRJ8YB+87+7X4F0Wd+Rxxlts7bUovOUoMDf+15SDJC7Hxe"
-    "dK/z+ITP0Kz6mlLJgoBhYJRcNIA="
-)
-
-
-async def test_payloads_of_the_earlier_encryption_format_stay_readable() -> None:
-    earlier = Payload.FromString(base64.b64decode(WRITTEN_BY_THE_FIRST_RELEASE))
-    assert earlier.metadata["encoding"] == b"binary/encrypted"
-    [plain] = await EncryptionCodec(parse_encryption_keys(f"{KEY_2},{KEY_1}")).decode([earlier])
-    assert plain == Payload(
-        metadata={"encoding": b"json/plain"}, data=b'{"batch_id":"sealed-2025","order_count":3}'
-    )
-    with pytest.raises(ApplicationError) as caught:
-        await EncryptionCodec(parse_encryption_keys(KEY_2)).decode([earlier])
-    assert caught.value.type == "PayloadEncryptionKeyUnknown"
-
-
 async def test_our_encoding_names_are_our_own() -> None:
     """Another SDK's encryption codec or codec server knows binary/encrypted and
     encryption-key-id; ours must never be mistaken for those."""
@@ -440,15 +422,21 @@ def test_bad_encryption_keys_are_one_sentence_without_key_material(
     value: str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings({"PAYLOAD_ENCRYPTION_KEYS": value})
+        codec_from_env({"PAYLOAD_ENCRYPTION_KEYS": value})
     assert message in str(caught.value)
     assert "A" * 10 not in str(caught.value) and "bm90" not in str(caught.value)
 
 
-def test_settings_read_the_encryption_keys_newest_first() -> None:
-    settings = load_settings({"PAYLOAD_ENCRYPTION_KEYS": f"{KEY_2}, {KEY_1}"})
-    assert [key.key_id for key in settings.encryption_keys] == ["2026-03", "2025-11"]
-    assert "BBBB" not in repr(settings)
+def test_the_encryption_keys_are_read_newest_first() -> None:
+    keys = parse_encryption_keys(f"{KEY_2}, {KEY_1}")
+    assert [key.key_id for key in keys] == ["2026-03", "2025-11"]
+    assert "BBBB" not in repr(keys)
+
+
+def test_the_core_scripts_refuse_encryption_keys_they_would_ignore() -> None:
+    with pytest.raises(ConfigError, match="PAYLOAD_ENCRYPTION_KEYS is set, but this script"):
+        load_settings({"PAYLOAD_ENCRYPTION_KEYS": KEY_1})
+    assert load_settings({"PAYLOAD_ENCRYPTION_KEYS": KEY_1}, encrypts=True)
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
 from extras.codec_server import build_app, serve
-from extras.sample_data import generate_orders
-from models import TASK_QUEUE, OrderBatchRequest, workflow_id_for
+from models import OrderBatchRequest, workflow_id_for
+from sample_data import generate_orders
 from tests.support import free_port, require, temporal_cli_path
 from worker import build_worker
 from workflows import ProcessOrderBatchWorkflow
@@ -61,7 +61,7 @@ def codec_requests() -> CodecRequests:
 
 @pytest.fixture
 async def ui_client(
-    redis_client: redis.asyncio.Redis, codec_requests: CodecRequests
+    redis_client: redis.asyncio.Redis, codec_requests: CodecRequests, task_queue: str
 ) -> AsyncIterator[tuple[Client, str]]:
     """A dev server whose Web UI decodes through a running codec server; yields (client, UI)."""
     converter = make_data_converter(redis_client)
@@ -82,20 +82,20 @@ async def ui_client(
             config = env.client.config()
             config["data_converter"] = converter
             client = Client(**config)
-            async with build_worker(client):
+            async with build_worker(client, task_queue=task_queue):
                 yield client, ui_url
         finally:
             await env.shutdown()
 
 
-async def run_batch(client: Client, order_count: int) -> str:
+async def run_batch(client: Client, order_count: int, task_queue: str) -> str:
     """Run a batch to completion and return its batch id."""
     batch_id = f"ui-{uuid.uuid4().hex[:8]}"
     await client.execute_workflow(
         ProcessOrderBatchWorkflow.run,
         OrderBatchRequest(batch_id, order_count),
         id=workflow_id_for(batch_id),
-        task_queue=TASK_QUEUE,
+        task_queue=task_queue,
     )
     return batch_id
 
@@ -112,11 +112,18 @@ async def open_fetch_orders_result(page: Page, client: Client, ui_url: str, batc
 
 
 async def test_web_ui_shows_orders_decoded_by_the_codec_server(
-    ui_client: tuple[Client, str], chromium: Path, tmp_path: Path, codec_requests: CodecRequests
+    ui_client: tuple[Client, str],
+    chromium: Path,
+    tmp_path: Path,
+    codec_requests: CodecRequests,
+    task_queue: str,
 ) -> None:
     client, ui_url = ui_client
     # 20 orders compress to a few KiB and stay inline; 5,000 go to Redis as a reference.
-    inline_batch, stored_batch = await run_batch(client, 20), await run_batch(client, 5000)
+    inline_batch, stored_batch = (
+        await run_batch(client, 20, task_queue),
+        await run_batch(client, 5000, task_queue),
+    )
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(

@@ -15,9 +15,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from converter import make_data_converter
-from extras.report import payload_report, payloads_by_hop, storage_reference
-from models import TASK_QUEUE, BatchSummary, OrderBatchRequest, workflow_id_for
-from starter import DEFAULT_ORDER_COUNT, run_batch, start_or_find
+from extras.references import storage_reference
+from extras.report import payload_report, payloads_by_hop
+from models import DEFAULT_ORDER_COUNT, BatchSummary, OrderBatchRequest, workflow_id_for
+from starter import run_batch, start_or_find
 from tests.support import client_with, history, page_handle, undisturbed_summary
 from worker import build_worker
 from workflows import PAGES_PER_RUN, ProcessOrderBatchWorkflow
@@ -25,28 +26,28 @@ from workflows import PAGES_PER_RUN, ProcessOrderBatchWorkflow
 
 @pytest.fixture
 async def client(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> AsyncIterator[Client]:
     """A client with the sample's DataConverter, and the sample's worker running on it."""
     client = client_with(temporal_env, make_data_converter(redis_client))
-    async with build_worker(client):
+    async with build_worker(client, task_queue=task_queue):
         yield client
 
 
-async def run(client: Client, request: OrderBatchRequest) -> BatchSummary:
+async def run(client: Client, request: OrderBatchRequest, task_queue: str) -> BatchSummary:
     return await client.execute_workflow(
         ProcessOrderBatchWorkflow.run,
         request,
         id=workflow_id_for(request.batch_id),
-        task_queue=TASK_QUEUE,
+        task_queue=task_queue,
     )
 
 
 async def test_default_batch_offloads_only_the_order_list(
-    client: Client, redis_client: redis.asyncio.Redis
+    client: Client, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     request = OrderBatchRequest(f"it-{uuid.uuid4().hex[:8]}", DEFAULT_ORDER_COUNT)
-    summary = await run(client, request)
+    summary = await run(client, request, task_queue)
     assert summary == undisturbed_summary(request)
 
     # The default batch is one page: the batch's history holds only small values...
@@ -94,21 +95,21 @@ async def test_default_batch_offloads_only_the_order_list(
 
 
 async def test_paged_and_unpaged_runs_of_a_batch_give_the_same_summary(
-    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment, redis_client: redis.asyncio.Redis, task_queue: str
 ) -> None:
     # A lower threshold still sends each 400-order page (about 37 KiB compressed) to Redis.
     client = client_with(
         temporal_env, make_data_converter(redis_client, payload_size_threshold=16 * 1024)
     )
     batch_id = f"paged-{uuid.uuid4().hex[:8]}"
-    async with build_worker(client):
-        whole = await run(client, OrderBatchRequest(batch_id, 2_000, page_size=2_000))
+    async with build_worker(client, task_queue=task_queue):
+        whole = await run(client, OrderBatchRequest(batch_id, 2_000, page_size=2_000), task_queue)
         # Same batch id, so the same orders; another workflow id, so it runs again.
         paged = await client.execute_workflow(
             ProcessOrderBatchWorkflow.run,
             OrderBatchRequest(batch_id, 2_000, page_size=400),
             id=workflow_id_for(batch_id) + "-paged",
-            task_queue=TASK_QUEUE,
+            task_queue=task_queue,
         )
     assert paged == whole == undisturbed_summary(OrderBatchRequest(batch_id, 2_000))
     pages = [
@@ -120,10 +121,11 @@ async def test_paged_and_unpaged_runs_of_a_batch_give_the_same_summary(
 @pytest.mark.slow
 async def test_a_batch_of_many_pages_continues_as_new_and_keeps_history_bounded(
     client: Client,
+    task_queue: str,
 ) -> None:
     pages = PAGES_PER_RUN + 5
     request = OrderBatchRequest(f"many-{uuid.uuid4().hex[:8]}", pages * 10, page_size=10)
-    assert await run(client, request) == undisturbed_summary(request)
+    assert await run(client, request, task_queue) == undisturbed_summary(request)
 
     handle = client.get_workflow_handle(workflow_id_for(request.batch_id))
     description = await handle.describe()
@@ -142,11 +144,11 @@ async def test_a_batch_of_many_pages_continues_as_new_and_keeps_history_bounded(
     ("orders", "page_size", "in_flight"), [(0, 10, 1), (-1, 10, 1), (10, 0, 1), (10, 5, 0)]
 )
 async def test_non_positive_order_count_page_size_or_pages_in_flight_fails_at_once(
-    client: Client, orders: int, page_size: int, in_flight: int
+    client: Client, orders: int, page_size: int, in_flight: int, task_queue: str
 ) -> None:
     request = OrderBatchRequest(f"bad-{uuid.uuid4().hex[:8]}", orders, page_size, in_flight)
     with pytest.raises(WorkflowFailureError) as caught:
-        await run(client, request)
+        await run(client, request, task_queue)
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.non_retryable and cause.type == "InvalidOrderBatch"
