@@ -67,7 +67,8 @@ async def start_or_find(
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
         )
     except WorkflowAlreadyStartedError:
-        return client.get_workflow_handle(workflow_id_for(request.batch_id)), False
+        workflow_id = workflow_id_for(request.batch_id)
+        return client.get_workflow_handle_for(ProcessOrderBatchWorkflow.run, workflow_id), False
     return handle, True
 
 

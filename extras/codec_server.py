@@ -393,16 +393,22 @@ def build_app(
     namespace: str = DEFAULT_NAMESPACE,
     allowed_hosts: Sequence[str] = (),
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    key_prefix: str = DEFAULT_KEY_PREFIX,
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
 ) -> web.Application:
     """The codec server as an aiohttp application; ``converter`` comes from the shared factory.
 
     ``namespace`` is the namespace of requests without ``X-Namespace``. Requests are answered
     only for the Host names ``localhost``, ``127.0.0.1``, ``::1``, the address the connection
     arrived at, and ``allowed_hosts``; and only with at most ``max_body_size`` bytes of body.
+    ``key_prefix`` and ``max_payload_size`` are the Redis driver's (pass what you passed the
+    factory): only keys under that prefix are read, and one answer holds about that much.
     """
     if max_body_size <= 0:
         raise ValueError(f"max_body_size must be greater than zero, got {max_body_size}.")
-    service = PayloadCodecService(converter, namespace=namespace)
+    service = PayloadCodecService(
+        converter, namespace=namespace, key_prefix=key_prefix, max_answer_bytes=max_payload_size
+    )
     origins = {origin.rstrip("/") for origin in ui_origins}
     hosts = {host.lower().strip("[]") for host in (*LOCAL_HOSTS, *allowed_hosts)}
     busy = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)

@@ -481,7 +481,8 @@ async def test_one_answer_is_bounded_by_max_payload_size(
     )
     originals = order_payloads(converter)
     [order_list] = await converter.encode(order_values()[1:])
-    async with serve(build_app(converter), "127.0.0.1", 0) as url:
+    app = build_app(converter, max_payload_size=800_000)
+    async with serve(app, "127.0.0.1", 0) as url:
         decoded = await post(http, f"{url}/decode", [order_list] * 5)
         async with http.post(f"{url}/download", json=body([order_list] * 5)) as response:
             assert response.status == 413

@@ -14,7 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 import extras.demo as demo
 from config import close_redis, open_redis
 from converter import make_data_converter
-from models import OrderBatchRequest
+from extras.starter import print_payload_report
+from models import OrderBatchRequest, workflow_id_for
 from starter import run_batch
 from tests.support import free_port
 from worker import build_worker
@@ -38,7 +39,8 @@ async def test_demo_uses_embedded_redis_when_none_can_be_had(
         client = Client(**config)
         async with build_worker(client, task_queue=task_queue):
             request = OrderBatchRequest(f"fake-{uuid.uuid4().hex[:8]}", 5_000)
-            assert await run_batch(client, request, output) == 0
+            assert await run_batch(client, request, output, task_queue) == 0
+            await print_payload_report(client, output, workflow_id_for(request.batch_id))
         assert len([key async for key in redis_client.scan_iter(match="temporalio:*")]) == 1
         await close_redis(redis_client)
     assert "Redis (1)" in output.export_text()

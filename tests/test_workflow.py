@@ -152,26 +152,27 @@ async def test_non_positive_order_count_page_size_or_pages_in_flight_fails_at_on
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.non_retryable and cause.type == "InvalidOrderBatch"
-    assert "all must be positive numbers" in str(cause)
+    assert "cannot run: --" in str(cause) and "is not a whole number from 1 to" in str(cause)
 
 
-async def test_same_batch_started_twice_runs_once(client: Client) -> None:
+async def test_same_batch_started_twice_runs_once(client: Client, task_queue: str) -> None:
     request = OrderBatchRequest(f"twice-{uuid.uuid4().hex[:8]}", 300)
-    handle, started = await start_or_find(client, request)
+    handle, started = await start_or_find(client, request, task_queue=task_queue)
     assert started
     first: BatchSummary = await handle.result()
 
-    again, started_again = await start_or_find(client, request)
+    again, started_again = await start_or_find(client, request, task_queue=task_queue)
     assert not started_again
     assert await again.result() == first
     runs = [r async for r in client.list_workflows(f"WorkflowId = '{handle.id}'")]
     assert len(runs) == 1
 
     console = Console(record=True, width=200)
-    assert await run_batch(client, request, console) == 0
+    assert await run_batch(client, request, console, task_queue) == 0
     output = console.export_text()
-    assert "already has workflow" in output
-    shows = [line for line in output.splitlines() if line.startswith("temporal workflow show")]
-    assert shows[0].startswith(f"temporal workflow show --workflow-id {handle.id} --address")
-    assert shows[1].startswith(f"temporal workflow show --workflow-id {handle.id}-page-1 ")
-    assert "uv run -m extras.payloads list --keys --workflow-id " not in output  # inline
+    assert f"Batch {request.batch_id} ran or runs already; reporting workflow {handle.id}" in output
+    address = client.service_client.config.target_host
+    shows = [line for line in output.splitlines() if "temporal workflow show" in line]
+    assert [line.partition("temporal ")[2] for line in shows] == [
+        f"workflow show --workflow-id {handle.id} --address {address}"
+    ]
