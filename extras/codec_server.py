@@ -82,6 +82,8 @@ DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 10
 # Requests worked on at once (the others wait): each holds at most its body and its budget.
 MAX_CONCURRENT_REQUESTS = 4
+# How long a client may take to send a body; a request is worked on only once it has one.
+BODY_TIMEOUT_SECONDS = 5.0
 # Host names always answered besides the address a connection arrived at.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # What the Web UI and the CLI send: the namespace, and a token when one is configured.
@@ -406,12 +408,14 @@ def build_app(
     namespace: str = DEFAULT_NAMESPACE,
     allowed_hosts: Sequence[str] = (),
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> web.Application:
     """The codec server as an aiohttp application; ``converter`` comes from the shared factory.
 
     ``namespace`` is the namespace of requests without ``X-Namespace``. Requests are answered
     only for the Host names ``localhost``, ``127.0.0.1``, ``::1``, the address the connection
-    arrived at, and ``allowed_hosts``; and only with at most ``max_body_size`` bytes of body.
+    arrived at, and ``allowed_hosts``; and only with at most ``max_body_size`` bytes of body,
+    sent within ``body_timeout`` seconds.
     """
     if max_body_size <= 0:
         raise ValueError(f"max_body_size must be greater than zero, got {max_body_size}.")
@@ -484,7 +488,10 @@ def build_app(
         try:
             return await handler(request)
         except CodecRequestError as err:
-            return _error(err.status, str(err))
+            response = _error(err.status, str(err))
+            if err.status == 408:
+                response.force_close()
+            return response
         except web.HTTPException:
             raise  # aiohttp's own one-line 404 and 405
         except ApplicationError as err:  # from the Redis driver, storing for /encode
@@ -502,8 +509,9 @@ def build_app(
         async def handle(request: web.Request) -> web.StreamResponse:
             namespace = request.headers.get("X-Namespace") or service.namespace
             _check_namespace(namespace)
+            # The whole body first: a client that stalls holds its socket, never a slot.
+            body = await _read_body(request, max_body_size, body_timeout)
             async with busy:
-                body = await _read_body(request, max_body_size)
                 payloads = await service.in_thread(lambda: parse_payloads(body))
                 return web.Response(
                     body=await answer(payloads, namespace, request),
@@ -545,7 +553,7 @@ def build_app(
     return app
 
 
-async def _read_body(request: web.Request, max_body_size: int) -> bytes:
+async def _read_body(request: web.Request, max_body_size: int, seconds: float) -> bytes:
     too_large = CodecRequestError(
         413,
         f"the body is larger than this server's limit of {max_body_size:,} bytes; send fewer "
@@ -554,9 +562,18 @@ async def _read_body(request: web.Request, max_body_size: int) -> bytes:
     if request.content_length is not None and request.content_length > max_body_size:
         raise too_large
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except ConnectionError:
+        raise CodecRequestError(400, "the client closed the connection before its body.") from None
+    except TimeoutError:
+        # Nothing more is read from this client: answer, then close without waiting for it.
+        request.content.feed_eof()
+        raise CodecRequestError(
+            408, f"the body did not arrive within {seconds:g} seconds; send it with the request."
+        ) from None
 
 
 def _check_namespace(namespace: str) -> None:

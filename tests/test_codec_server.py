@@ -43,6 +43,7 @@ from converter import make_data_converter
 from extras.codec_server import (
     DEFAULT_MAX_BODY_SIZE,
     MARKER_FIELD,
+    MAX_CONCURRENT_REQUESTS,
     MAX_JSON_DEPTH,
     UNAVAILABLE,
     build_app,
@@ -1074,3 +1075,46 @@ def test_the_fuzzed_server_logged_no_traceback(script_server: ScriptServer) -> N
     assert "Traceback" not in log and "unexpected error" not in log
     # The fuzz reached the checks behind the door: references refused, payloads not decoded.
     assert "not returned: key " in log and "a payload could not be decoded" in log
+
+
+# --- slow clients -------------------------------------------------------------------------------
+
+
+async def send_headers_only(
+    url: str, path: str = "/decode"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST whose headers promise 1,000 bytes of body that never come."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_clients_that_never_send_a_body_hold_no_slot(
+    http: aiohttp.ClientSession, converter: DataConverter
+) -> None:
+    """More stalled clients than request slots: the next request is answered at once, and
+    each stalled one gets a one-line 408 after the body timeout, then its socket is closed."""
+    async with serve(build_app(converter, body_timeout=2), "127.0.0.1", 0) as url:
+        stalled = [await send_headers_only(url) for _ in range(MAX_CONCURRENT_REQUESTS + 2)]
+        await asyncio.sleep(0.2)  # the server has read their headers and waits for bodies
+        small = [Payload(metadata={"encoding": b"json/plain"}, data=b"1")]
+        started = time.monotonic()
+        assert await post(http, f"{url}/decode", small) == small
+        answered_in = time.monotonic() - started
+        answers = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in stalled)), 30)
+        closed_in = time.monotonic() - started
+
+    for _, writer in stalled:
+        writer.close()
+    print(f"answered in {answered_in:.3f} s with {len(stalled)} stalled clients; those got")
+    print(f"their 408 and were closed within {closed_in:.1f} s (body timeout 2 s)")
+    assert answered_in < 5
+    for answer in answers:  # read() returned: the server closed each socket
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert text == b"the body did not arrive within 2 seconds; send it with the request.\n"
