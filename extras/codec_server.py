@@ -73,7 +73,8 @@ from redis_driver import DEFAULT_MAX_PAYLOAD_SIZE, RedisStorageDriver, parse_pay
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
-DEFAULT_UI_ORIGIN = "http://localhost:8233"
+# The dev server's Web UI, opened by either name.
+DEFAULT_UI_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
 DEFAULT_NAMESPACE = "default"
 AUTH_TOKEN_ENV = "CODEC_AUTH_TOKEN"
 # An inline payload is at most 2 MiB (the service's default blob limit): 2.7 MiB in base64.
@@ -403,7 +404,7 @@ def _one_line(err: BaseException) -> str:
 def build_app(
     converter: DataConverter,
     *,
-    ui_origins: Sequence[str] = (DEFAULT_UI_ORIGIN,),
+    ui_origins: Sequence[str] = DEFAULT_UI_ORIGINS,
     auth_token: str | None = None,
     namespace: str = DEFAULT_NAMESPACE,
     allowed_hosts: Sequence[str] = (),
@@ -648,7 +649,7 @@ async def main(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
     settings = load_settings()
     async with data_converter(settings) as converter:
-        origins = args.ui_origin or [DEFAULT_UI_ORIGIN]
+        origins = args.ui_origin or DEFAULT_UI_ORIGINS
         app = build_app(
             converter,
             ui_origins=origins,
@@ -681,7 +682,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--ui-origin",
         action="append",
-        help=f"Web UI origin allowed by CORS; repeatable (default {DEFAULT_UI_ORIGIN})",
+        help="Web UI origin allowed by CORS; repeatable, replaces the default "
+        f"({' and '.join(DEFAULT_UI_ORIGINS)})",
     )
     parser.add_argument(
         "--auth-token",

@@ -1118,3 +1118,18 @@ async def test_clients_that_never_send_a_body_hold_no_slot(
         head, _, text = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 Request Timeout")
         assert text == b"the body did not arrive within 2 seconds; send it with the request.\n"
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:8233", "http://127.0.0.1:8233"])
+async def test_the_dev_web_ui_is_allowed_by_default_under_either_name(
+    http: aiohttp.ClientSession, converter: DataConverter, origin: str
+) -> None:
+    async with serve(build_app(converter), "127.0.0.1", 0) as url:
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        async with http.options(f"{url}/decode", headers=preflight) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+        headers = {"Origin": origin, "X-Namespace": "default"}
+        async with http.post(f"{url}/decode", json=body([]), headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == origin
