@@ -28,6 +28,7 @@ import array
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -627,10 +628,18 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[str
             "stop what uses that port or pick another with --port."
         ) from None
     bound_host, bound_port = runner.addresses[0][:2]
+    if ":" in bound_host:
+        bound_host = f"[{bound_host}]"  # an IPv6 address in a URL
     try:
         yield f"http://{bound_host}:{bound_port}"
     finally:
         await runner.cleanup()
+
+
+def _listening_on(host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        return "every address of this machine"
+    return f"address {host}"
 
 
 def _port(value: str) -> int:
@@ -645,8 +654,24 @@ def _byte_count(value: str) -> int:
     return int(value)
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only ('' means every interface)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 async def main(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
+    local = _is_loopback(args.host)
+    if not local and not args.auth_token:
+        raise ConfigError(
+            f"--host {args.host!r} lets other machines read every payload; set "
+            f"{AUTH_TOKEN_ENV} (or --auth-token) to require a token, or listen on 127.0.0.1."
+        )
     settings = load_settings()
     async with data_converter(settings) as converter:
         origins = args.ui_origin or DEFAULT_UI_ORIGINS
@@ -663,8 +688,10 @@ async def main(args: argparse.Namespace) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with serve(app, args.host, args.port) as url:
+            exposed = "" if local else f" ({_listening_on(args.host)}, open to the network)"
             console.print(
-                f"Codec server at {url} for {', '.join(origins)}, namespace {args.namespace}, "
+                f"Codec server at {url}{exposed} for {', '.join(origins)}, "
+                f"namespace {args.namespace}, "
                 f"payloads in Redis at {redact_url(settings.redis_url)}, "
                 + ("token required." if args.auth_token else "no token (local use only).")
                 + " Ctrl+C to stop.",

@@ -744,21 +744,30 @@ def script_env(redis_server: RedisServer) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[str, str]) -> None:
+def start_script(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`uv run -m extras.codec_server ARGS`, and its start-up line once it printed it."""
     process = subprocess.Popen(
-        ["uv", "run", "-m", "extras.codec_server", "--port", str(port := free_port())],
+        ["uv", "run", "-m", "extras.codec_server", *args],
         cwd=PROJECT_DIR,
-        env=script_env,
+        env={**env, "COLUMNS": "80"},
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
     assert process.stderr is not None
+    banner = ""
+    while "Ctrl+C to stop." not in banner and process.poll() is None:
+        line = process.stderr.readline()
+        assert len(line.rstrip("\n")) <= 80, line
+        banner = " ".join((banner + " " + line).split())
+    return process, banner
+
+
+@pytest.mark.slow
+def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[str, str]) -> None:
+    process, banner = start_script(script_env, "--port", str(port := free_port()))
+    assert process.stderr is not None
     try:
-        banner = ""
-        while "Ctrl+C to stop." not in banner and process.poll() is None:
-            banner = " ".join((banner + " " + process.stderr.readline()).split())
         assert f"Codec server at http://127.0.0.1:{port}" in banner and "token required" in banner
         request = json.dumps(body([Payload(metadata={"encoding": b"json/plain"}, data=b"1")]))
 
@@ -1133,3 +1142,41 @@ async def test_the_dev_web_ui_is_allowed_by_default_under_either_name(
         async with http.post(f"{url}/decode", json=body([]), headers=headers) as response:
             assert response.status == 200
             assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["", "0.0.0.0"])
+def test_the_script_refuses_to_listen_beyond_loopback_without_a_token(
+    script_env: dict[str, str], host: str
+) -> None:
+    del script_env["CODEC_AUTH_TOKEN"]
+    result = subprocess.run(
+        ["uv", "run", "-m", "extras.codec_server", "--host", host, "--port", str(free_port())],
+        cwd=PROJECT_DIR,
+        env={**script_env, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert one_sentence(result.stderr) == (
+        f"codec_server: --host {host!r} lets other machines read every payload; set "
+        "CODEC_AUTH_TOKEN (or --auth-token) to require a token, or listen on 127.0.0.1."
+    )
+    assert all(len(line) <= 80 for line in result.stderr.splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["", "0.0.0.0"])
+def test_the_script_says_what_it_exposes_beyond_loopback(
+    script_env: dict[str, str], host: str
+) -> None:
+    process, banner = start_script(script_env, "--host", host, "--port", str(free_port()))
+    try:
+        print(banner)
+        assert "(every address of this machine, open to the network)" in banner
+        assert banner.endswith("token required. Ctrl+C to stop.")
+        assert "from-env" not in banner  # the token itself is never printed
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
