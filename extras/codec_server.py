@@ -37,7 +37,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -60,6 +60,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
+from codec import ZstdCodec
 from extras.report import REFERENCE_MESSAGE_TYPE, storage_reference
 from extras.settings import (
     ArgumentParser,
@@ -86,6 +87,14 @@ MAX_JSON_DEPTH = 10
 MAX_CONCURRENT_REQUESTS = 4
 # How long a client may take to send a body; a request is worked on only once it has one.
 BODY_TIMEOUT_SECONDS = 5.0
+# Decoded payload bytes all requests may hold at once (at least one answer's limit); a
+# request waits until its share is free. Its answer holds about 1.4 times that as JSON.
+MAX_DECODED_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+# What the parsed payloads and markers of a request cost, per byte of its body (measured
+# with tracemalloc: a 4 MiB body of references holds about 30 MB while it is answered).
+BODY_COST_FACTOR = 8
+# How long a client may take to read its answer before the server drops it.
+SEND_TIMEOUT_SECONDS = 60.0
 # Host names always answered besides the address a connection arrived at.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # What the Web UI and the CLI send: the namespace, and a token when one is configured.
@@ -177,6 +186,11 @@ class PayloadCodecService:
             default=DEFAULT_MAX_PAYLOAD_SIZE,
         )
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT_REQUESTS, thread_name_prefix="codec")
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The most payload bytes one answer holds (past that, payloads are skipped)."""
+        return self._max_answer_bytes
 
     @property
     def namespace(self) -> str:
@@ -297,29 +311,44 @@ class PayloadCodecService:
             reference,
         )
 
-    def decode_to_json(self, pending: Sequence[_Pending], *, strict: bool) -> bytes:
-        """Decompress what is pending and build the answer; runs in a worker thread.
+    def decode_to_json(self, pending: Sequence[_Pending], *, strict: bool) -> list[bytes]:
+        """Decompress what is pending and build the answer, one JSON object per payload;
+        runs in a worker thread. A payload fetched once for a repeated reference is decoded
+        once, and its JSON object is the same bytes object each time.
 
         Not ``strict`` (/decode): an unreadable payload becomes a marker. ``strict``
         (/download): it fails the request.
         """
-        answer: list[Payload] = []
+        answer: list[bytes] = []
         answer_bytes = 0
+        done: dict[int, tuple[bytes, int] | Unreadable] = {}  # by id() of the pending payload
         # The sample's codecs compute without awaiting I/O, so a private event loop in this
         # thread runs them (a codec awaiting I/O on the server's loop would have to stay there).
         with asyncio.Runner() as codec_loop:
             for item in pending:
-                if isinstance(item, _ToDecode):
-                    over = answer_bytes > self._max_answer_bytes
-                    item = self._skipped(item.reference) if over else self._decode(item, codec_loop)
-                if isinstance(item, Unreadable):
-                    if strict:
-                        raise CodecRequestError(item.status, item.reason)
-                    answer.append(item.marker())
+                result: tuple[bytes, int] | Unreadable
+                if isinstance(item, _ToDecode) and answer_bytes > self._max_answer_bytes:
+                    result = self._skipped(item.reference)
+                elif isinstance(item, _ToDecode) and id(item.payload) in done:
+                    result = done[id(item.payload)]
+                    if isinstance(result, Unreadable):
+                        result = replace(result, reference=item.reference)
                 else:
-                    answer_bytes += item.payload.ByteSize()
-                    answer.append(item.payload)
-        return _payloads_json(answer)
+                    ready = self._decode(item, codec_loop) if isinstance(item, _ToDecode) else item
+                    if isinstance(ready, Unreadable):
+                        result = ready
+                    else:
+                        result = (_payload_json(ready.payload), ready.payload.ByteSize())
+                    if isinstance(item, _ToDecode):
+                        done[id(item.payload)] = result
+                if isinstance(result, Unreadable):
+                    if strict:
+                        raise CodecRequestError(result.status, result.reason)
+                    answer.append(_payload_json(result.marker()))
+                else:
+                    answer.append(result[0])
+                    answer_bytes += result[1]
+        return answer
 
     def _decode(self, item: _ToDecode, codec_loop: asyncio.Runner) -> _Ready | Unreadable:
         try:
@@ -384,8 +413,8 @@ def check_json_depth(text: bytes, what: str) -> None:
         raise CodecRequestError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels.")
 
 
-def _payloads_json(payloads: Sequence[Payload]) -> bytes:
-    return json.dumps({"payloads": [json_format.MessageToDict(p) for p in payloads]}).encode()
+def _payload_json(payload: Payload) -> bytes:
+    return json.dumps(json_format.MessageToDict(payload)).encode()
 
 
 def _innermost(driver: StorageDriver) -> StorageDriver:
@@ -425,6 +454,7 @@ def build_app(
     origins = {origin.rstrip("/") for origin in ui_origins}
     hosts = {host.lower().strip("[]") for host in (*LOCAL_HOSTS, *allowed_hosts)}
     busy = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+    in_flight = _ByteBudget(max(MAX_DECODED_BYTES_IN_FLIGHT, service.max_answer_bytes))
 
     @web.middleware
     async def trusted_host(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -456,11 +486,15 @@ def build_app(
                 response.headers["Access-Control-Allow-Private-Network"] = "true"
         else:
             response = await handler(request)
-        if origin is not None:
+        return response
+
+    async def allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+        # On every answer the cors middleware let through, also one streamed by its handler.
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") in origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Vary"] = "Origin"
-        return response
 
     @web.middleware
     async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -506,32 +540,47 @@ def build_app(
             return _error(500, "the codec server failed on this request; its log says why.")
 
     def endpoint(
-        answer: Callable[[list[Payload], str, web.Request], Awaitable[bytes]],
+        work: Callable[[list[Payload], str, web.Request], Awaitable[tuple[list[_Pending], bool]]],
     ) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             namespace = request.headers.get("X-Namespace") or service.namespace
             _check_namespace(namespace)
             # The whole body first: a client that stalls holds its socket, never a slot.
             body = await _read_body(request, max_body_size, body_timeout)
-            async with busy:
-                payloads = await service.in_thread(lambda: parse_payloads(body))
-                return web.Response(
-                    body=await answer(payloads, namespace, request),
-                    content_type="application/json",
-                )
+            reserved = 0
+            try:
+                async with busy:
+                    payloads = await service.in_thread(lambda: parse_payloads(body))
+                    pending, strict = await work(payloads, namespace, request)
+                    decoded_size = await service.in_thread(
+                        lambda: _decoded_size(pending, service.max_answer_bytes)
+                    )
+                    # Markers and parsed payloads cost a few times the body besides.
+                    reserved = await in_flight.take(decoded_size + BODY_COST_FACTOR * len(body))
+                    chunks = await service.in_thread(
+                        lambda: service.decode_to_json(pending, strict=strict)
+                    )
+                # Sent with the budget still held: the answer is in memory until it is read.
+                return await _send_json(request, chunks)
+            finally:
+                in_flight.give_back(reserved)
 
         return handle
 
-    async def encode(payloads: list[Payload], namespace: str, _: web.Request) -> bytes:
-        encoded = await service.encode(payloads, namespace)
-        return await service.in_thread(lambda: _payloads_json(encoded))
+    async def encode(
+        payloads: list[Payload], namespace: str, _: web.Request
+    ) -> tuple[list[_Pending], bool]:
+        return [_Ready(p) for p in await service.encode(payloads, namespace)], True
 
-    async def decode(payloads: list[Payload], namespace: str, request: web.Request) -> bytes:
+    async def decode(
+        payloads: list[Payload], namespace: str, request: web.Request
+    ) -> tuple[list[_Pending], bool]:
         preserve = request.query.get("preserveStorageRefs", "").lower() in ("true", "1")
-        pending = await service.fetch(payloads, namespace, preserve_storage_refs=preserve)
-        return await service.in_thread(lambda: service.decode_to_json(pending, strict=False))
+        return await service.fetch(payloads, namespace, preserve_storage_refs=preserve), False
 
-    async def download(payloads: list[Payload], namespace: str, _: web.Request) -> bytes:
+    async def download(
+        payloads: list[Payload], namespace: str, _: web.Request
+    ) -> tuple[list[_Pending], bool]:
         for index, payload in enumerate(payloads):
             if payload.metadata.get("messageType") != REFERENCE_MESSAGE_TYPE:
                 raise CodecRequestError(
@@ -539,8 +588,7 @@ def build_app(
                     f"payload {index} is not an external storage reference; /download only "
                     "fetches references from Redis, send inline payloads to /decode.",
                 )
-        pending = await service.fetch(payloads, namespace, preserve_storage_refs=False)
-        return await service.in_thread(lambda: service.decode_to_json(pending, strict=True))
+        return await service.fetch(payloads, namespace, preserve_storage_refs=False), True
 
     async def close_service(_: web.Application) -> None:
         service.close()
@@ -551,6 +599,7 @@ def build_app(
     app.router.add_post("/encode", endpoint(encode))
     app.router.add_post("/decode", endpoint(decode))
     app.router.add_post("/download", endpoint(download))
+    app.on_response_prepare.append(allow_origin)
     app.on_cleanup.append(close_service)
     return app
 
@@ -576,6 +625,84 @@ async def _read_body(request: web.Request, max_body_size: int, seconds: float) -
         raise CodecRequestError(
             408, f"the body did not arrive within {seconds:g} seconds; send it with the request."
         ) from None
+
+
+class _ByteBudget:
+    """Bytes that requests in flight may hold together; first come, first served."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._turn = asyncio.Lock()  # only the first in line waits for bytes to be freed
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int) -> int:
+        """Wait until ``size`` bytes (at most the whole budget) are free; the bytes taken."""
+        size = min(size, self._limit)
+        if size == 0:
+            return 0
+        async with self._turn:
+            while self._held + size > self._limit:
+                self._freed.clear()
+                await self._freed.wait()
+            self._held += size
+        return size
+
+    def give_back(self, size: int) -> None:
+        self._held -= size
+        self._freed.set()
+
+
+def _decoded_size(pending: Sequence[_Pending], per_payload_limit: int) -> int:
+    """What decoding ``pending`` holds at most: each distinct payload once, at the size its
+    zstd frame declares (a codec refuses one over the limit), else at its own size."""
+    distinct = {id(item.payload): item.payload for item in pending if isinstance(item, _ToDecode)}
+    total = 0
+    for payload in distinct.values():
+        try:
+            size = ZstdCodec.decoded_size(payload) or payload.ByteSize()
+        except Exception:  # not a zstd frame: decoding will say so
+            size = payload.ByteSize()
+        total += min(size, per_payload_limit)
+    return total
+
+
+_SEND_BATCH_SIZE = 64 * 1024
+
+
+async def _send_json(request: web.Request, chunks: Sequence[bytes]) -> web.StreamResponse:
+    """Stream ``{"payloads": [...]}`` from one JSON object per payload, without joining them."""
+    head, separator, tail = b'{"payloads": [', b", ", b"]}"
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = (
+        len(head) + sum(map(len, chunks)) + len(separator) * max(len(chunks) - 1, 0) + len(tail)
+    )
+    # Small objects go out together; a large one is written as it is, never copied.
+    batch, batched = [head], len(head)
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+            await response.prepare(request)
+            for index, chunk in enumerate(chunks):
+                if index:
+                    batch.append(separator)
+                if len(chunk) >= _SEND_BATCH_SIZE:
+                    await response.write(b"".join(batch))
+                    await response.write(chunk)
+                    batch, batched = [], 0
+                else:
+                    batch.append(chunk)
+                    batched += len(chunk)
+                if batched >= _SEND_BATCH_SIZE:
+                    await response.write(b"".join(batch))
+                    batch, batched = [], 0
+            batch.append(tail)
+            await response.write(b"".join(batch))
+            await response.write_eof()
+    except (TimeoutError, ConnectionError):
+        logger.warning("an answer was dropped: the client did not read it")
+        if request.transport is not None:
+            request.transport.close()
+    return response
 
 
 def _check_namespace(namespace: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -851,15 +852,14 @@ class ScriptServer:
         return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
-@pytest.fixture(scope="module")
-def script_server(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ScriptServer]:
+@contextlib.contextmanager
+def run_script_server(redis_server: RedisServer, log_dir: Path) -> Iterator[ScriptServer]:
+    """`python -m extras.codec_server` against the tests' Redis, until the block ends."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "REDIS_", "CODEC_"))
     }
     env["REDIS_URL"] = redis_server.url
-    log = tmp_path_factory.mktemp("codec-server") / "stderr.log"
+    log = log_dir / "stderr.log"
     port = free_port()
     with log.open("wb") as stderr:
         process = subprocess.Popen(
@@ -877,6 +877,14 @@ def script_server(
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def script_server(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ScriptServer]:
+    with run_script_server(redis_server, tmp_path_factory.mktemp("codec-server")) as server:
+        yield server
 
 
 @pytest.mark.slow
@@ -1180,3 +1188,51 @@ def test_the_script_says_what_it_exposes_beyond_loopback(
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
+
+
+# --- memory: repeated references, requests at once ---------------------------------------------
+
+
+@pytest.mark.slow
+async def test_repeated_references_and_parallel_requests_stay_within_memory(
+    http: aiohttp.ClientSession,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    tmp_path: Path,
+) -> None:
+    """One stored order list of 5,000 orders (5.7 MB decoded) named 10 times in one body,
+    then four 4 MiB bodies of nothing but that reference at once. Each distinct payload is
+    decoded once per request, and the decoded bytes of all requests share one budget.
+
+    Peak memory (VmHWM), printed with -s: before, 89 MB at start, 369 MB after the 10
+    references, 1,064 MB after the four bodies; now 89, 128 and 245 MB."""
+    converter = make_data_converter(redis_client)
+    orders = OrderPage("memory", 1, 0, generate_orders("memory", 0, 5000))
+    original = converter.payload_converter.to_payloads([orders])[0]
+    [reference] = await converter.encode([orders])
+    assert storage_reference(reference) is not None
+    one = json.dumps(body([reference])["payloads"][0])
+    count = (DEFAULT_MAX_BODY_SIZE - 100) // len(one + ", ")
+    full_body = json.dumps({"payloads": [json.loads(one)] * count}).encode()
+    assert DEFAULT_MAX_BODY_SIZE - 10_000 < len(full_body) <= DEFAULT_MAX_BODY_SIZE
+
+    async def decode_full_body() -> list[Payload]:
+        async with http.post(f"{server.url}/decode", data=full_body, headers=JSON) as response:
+            assert response.status == 200
+            return parse(await response.json())
+
+    with run_script_server(redis_server, tmp_path) as server:
+        at_start = server.peak_memory_kib()
+        ten = await post(http, f"{server.url}/decode", [reference] * 10)
+        after_ten = server.peak_memory_kib()
+        four = await asyncio.gather(*(decode_full_body() for _ in range(4)))
+        after_four = server.peak_memory_kib()
+
+    print(f"peak memory: {at_start / 1024:.0f} MB at start, {after_ten / 1024:.0f} MB after 10")
+    print(f"references in one body, {after_four / 1024:.0f} MB after four 4 MiB bodies at once")
+    answered = [p for p in ten if p == original]
+    assert len(answered) >= 8  # the answer's limit is 50 MiB of payloads
+    assert all(MARKER_FIELD in marker(p) for p in ten[len(answered) :])
+    for answer in four:
+        assert answer[: len(answered)] == answered and len(answer) == count
+    assert after_four < 300 * 1024
