@@ -502,11 +502,21 @@ def build_app(
         if auth_token and not hmac.compare_digest(
             token.encode("utf-8", "surrogateescape"), auth_token.encode("utf-8", "surrogateescape")
         ):
-            response = _error(
-                401,
+            reason = (
                 "this codec server needs the header `Authorization: Bearer <token>` with its "
-                f"{AUTH_TOKEN_ENV} (CLI: --codec-auth 'Bearer <token>').",
+                f"{AUTH_TOKEN_ENV} (CLI: --codec-auth 'Bearer <token>')."
             )
+            # The CLI (X-Namespace, no Origin) retries any other answer than 200 for 10 s,
+            # then says only "context deadline exceeded": its payloads say why instead.
+            cli = "X-Namespace" in request.headers and "Origin" not in request.headers
+            if request.path == "/decode" and cli:
+                with contextlib.suppress(CodecRequestError):
+                    body = await _read_body(request, max_body_size, body_timeout)
+                    count = len(await service.in_thread(lambda: parse_payloads(body)))
+                    _error(401, reason)  # logged as any refusal
+                    marker = _payload_json(Unreadable(401, f"401 Unauthorized: {reason}").marker())
+                    return await _send_json(request, [marker] * count)
+            response = _error(401, reason)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         return await handler(request)

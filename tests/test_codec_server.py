@@ -1236,3 +1236,35 @@ async def test_repeated_references_and_parallel_requests_stay_within_memory(
     for answer in four:
         assert answer[: len(answered)] == answered and len(answer) == count
     assert after_four < 300 * 1024
+
+
+@pytest.mark.slow
+async def test_workflow_show_without_the_token_names_the_cause_at_once(
+    temporal_env: WorkflowEnvironment, converter: DataConverter, tmp_path: Path
+) -> None:
+    """The CLI retries any /decode answer but 200 for 10 s, then prints only "context deadline
+    exceeded" (the 401 was in the server's log alone). Its payloads now say why."""
+    (tmp_path / "input.json").write_text('{"order_id": "A-1"}')
+    workflow_id = f"no-token-{uuid.uuid4().hex[:8]}"
+    address = temporal_env.client.service_client.config.target_host
+    cli = [temporal_cli_path(), "workflow"]
+    where = ["--workflow-id", workflow_id, "--address", address]
+    await run_cli([*cli, "start", *where, "--type", "Nothing", "--task-queue", "nobody",
+                   "--input-file", str(tmp_path / "input.json")])  # fmt: skip
+    app = build_app(converter, auth_token="s3cret")
+    async with serve(app, "127.0.0.1", 0) as url:
+        started = time.monotonic()
+        shown = await run_cli([*cli, "show", *where, "--codec-endpoint", url, "--detailed"])
+        took = time.monotonic() - started
+        auth = ["--codec-auth", "Bearer s3cret", "--detailed"]
+        with_token = await run_cli([*cli, "show", *where, "--codec-endpoint", url, *auth])
+    print(f"`temporal workflow show` without the token finished in {took:.2f} s:")
+    print("\n".join(line for line in shown.splitlines() if MARKER_FIELD in line))
+    assert took < 8  # it used to take 10 s and fail
+    assert (
+        f"input[0].{MARKER_FIELD}: 401 Unauthorized: this codec server needs the header "
+        "`Authorization: Bearer <token>` with its CODEC_AUTH_TOKEN (CLI: --codec-auth "
+        "'Bearer <token>')."
+    ) in shown
+    assert "s3cret" not in shown
+    assert "A-1" in with_token and MARKER_FIELD not in with_token
