@@ -29,6 +29,7 @@ import array
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -56,6 +57,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
+from codec import ZstdCodec
 from config import (
     ConfigError,
     data_converter,
@@ -72,7 +74,8 @@ from redis_driver import DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_SIZE, parse_pay
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
-DEFAULT_UI_ORIGIN = "http://localhost:8233"
+# The dev server's Web UI, opened by either name.
+DEFAULT_UI_ORIGINS = ("http://localhost:8233", "http://127.0.0.1:8233")
 DEFAULT_NAMESPACE = "default"
 AUTH_TOKEN_ENV = "CODEC_AUTH_TOKEN"
 # An inline payload is at most 2 MiB (the service's default blob limit): 2.7 MiB in base64.
@@ -81,6 +84,16 @@ DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 10
 # Requests worked on at once (the others wait): each holds at most its body and its budget.
 MAX_CONCURRENT_REQUESTS = 4
+# How long a client may take to send a body; a request is worked on only once it has one.
+BODY_TIMEOUT_SECONDS = 5.0
+# Decoded payload bytes all requests may hold at once (at least one answer's limit); a
+# request waits until its share is free. Its answer holds about 1.4 times that as JSON.
+MAX_DECODED_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+# What the parsed payloads and markers of a request cost, per byte of its body (measured
+# with tracemalloc: a 4 MiB body of references holds about 30 MB while it is answered).
+BODY_COST_FACTOR = 8
+# How long a client may take to read its answer before the server drops it.
+SEND_TIMEOUT_SECONDS = 60.0
 # Host names always answered besides the address a connection arrived at.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # What the Web UI and the CLI send: the namespace, and a token when one is configured.
@@ -173,6 +186,11 @@ class PayloadCodecService:
         self._key_prefix = key_prefix
         self._max_answer_bytes = max_answer_bytes
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT_REQUESTS, thread_name_prefix="codec")
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The most payload bytes one answer holds (past that, payloads are skipped)."""
+        return self._max_answer_bytes
 
     @property
     def namespace(self) -> str:
@@ -291,29 +309,44 @@ class PayloadCodecService:
             reference,
         )
 
-    def decode_to_json(self, pending: Sequence[_Pending], *, strict: bool) -> bytes:
-        """Decompress what is pending and build the answer; runs in a worker thread.
+    def decode_to_json(self, pending: Sequence[_Pending], *, strict: bool) -> list[bytes]:
+        """Decompress what is pending and build the answer, one JSON object per payload;
+        runs in a worker thread. A payload fetched once for a repeated reference is decoded
+        once, and its JSON object is the same bytes object each time.
 
         Not ``strict`` (/decode): an unreadable payload becomes a marker. ``strict``
         (/download): it fails the request.
         """
-        answer: list[Payload] = []
+        answer: list[bytes] = []
         answer_bytes = 0
+        done: dict[int, tuple[bytes, int] | Unreadable] = {}  # by id() of the pending payload
         # The sample's codecs compute without awaiting I/O, so a private event loop in this
         # thread runs them (a codec awaiting I/O on the server's loop would have to stay there).
         with asyncio.Runner() as codec_loop:
             for item in pending:
-                if isinstance(item, _ToDecode):
-                    over = answer_bytes > self._max_answer_bytes
-                    item = self._skipped(item.reference) if over else self._decode(item, codec_loop)
-                if isinstance(item, Unreadable):
-                    if strict:
-                        raise CodecRequestError(item.status, item.reason)
-                    answer.append(item.marker())
+                result: tuple[bytes, int] | Unreadable
+                if isinstance(item, _ToDecode) and answer_bytes > self._max_answer_bytes:
+                    result = self._skipped(item.reference)
+                elif isinstance(item, _ToDecode) and id(item.payload) in done:
+                    result = done[id(item.payload)]
+                    if isinstance(result, Unreadable):
+                        result = replace(result, reference=item.reference)
                 else:
-                    answer_bytes += item.payload.ByteSize()
-                    answer.append(item.payload)
-        return _payloads_json(answer)
+                    ready = self._decode(item, codec_loop) if isinstance(item, _ToDecode) else item
+                    if isinstance(ready, Unreadable):
+                        result = ready
+                    else:
+                        result = (_payload_json(ready.payload), ready.payload.ByteSize())
+                    if isinstance(item, _ToDecode):
+                        done[id(item.payload)] = result
+                if isinstance(result, Unreadable):
+                    if strict:
+                        raise CodecRequestError(result.status, result.reason)
+                    answer.append(_payload_json(result.marker()))
+                else:
+                    answer.append(result[0])
+                    answer_bytes += result[1]
+        return answer
 
     def _decode(self, item: _ToDecode, codec_loop: asyncio.Runner) -> _Ready | Unreadable:
         try:
@@ -378,8 +411,8 @@ def check_json_depth(text: bytes, what: str) -> None:
         raise CodecRequestError(400, f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels.")
 
 
-def _payloads_json(payloads: Sequence[Payload]) -> bytes:
-    return json.dumps({"payloads": [json_format.MessageToDict(p) for p in payloads]}).encode()
+def _payload_json(payload: Payload) -> bytes:
+    return json.dumps(json_format.MessageToDict(payload)).encode()
 
 
 # ---------------------------------------------------------------------------------- app
@@ -388,21 +421,23 @@ def _payloads_json(payloads: Sequence[Payload]) -> bytes:
 def build_app(
     converter: DataConverter,
     *,
-    ui_origins: Sequence[str] = (DEFAULT_UI_ORIGIN,),
+    ui_origins: Sequence[str] = DEFAULT_UI_ORIGINS,
     auth_token: str | None = None,
     namespace: str = DEFAULT_NAMESPACE,
     allowed_hosts: Sequence[str] = (),
     max_body_size: int = DEFAULT_MAX_BODY_SIZE,
     key_prefix: str = DEFAULT_KEY_PREFIX,
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> web.Application:
     """The codec server as an aiohttp application; ``converter`` comes from the shared factory.
 
     ``namespace`` is the namespace of requests without ``X-Namespace``. Requests are answered
     only for the Host names ``localhost``, ``127.0.0.1``, ``::1``, the address the connection
-    arrived at, and ``allowed_hosts``; and only with at most ``max_body_size`` bytes of body.
-    ``key_prefix`` and ``max_payload_size`` are the Redis driver's (pass what you passed the
-    factory): only keys under that prefix are read, and one answer holds about that much.
+    arrived at, and ``allowed_hosts``; and only with at most ``max_body_size`` bytes of body,
+    sent within ``body_timeout`` seconds. ``key_prefix`` and ``max_payload_size`` are the
+    Redis driver's (pass what you passed the factory): only keys under that prefix are read,
+    and one answer holds about that much.
     """
     if max_body_size <= 0:
         raise ValueError(f"max_body_size must be greater than zero, got {max_body_size}.")
@@ -412,6 +447,7 @@ def build_app(
     origins = {origin.rstrip("/") for origin in ui_origins}
     hosts = {host.lower().strip("[]") for host in (*LOCAL_HOSTS, *allowed_hosts)}
     busy = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+    in_flight = _ByteBudget(max(MAX_DECODED_BYTES_IN_FLIGHT, service.max_answer_bytes))
 
     @web.middleware
     async def trusted_host(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -443,11 +479,15 @@ def build_app(
                 response.headers["Access-Control-Allow-Private-Network"] = "true"
         else:
             response = await handler(request)
-        if origin is not None:
+        return response
+
+    async def allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+        # On every answer the cors middleware let through, also one streamed by its handler.
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") in origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Vary"] = "Origin"
-        return response
 
     @web.middleware
     async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -455,11 +495,21 @@ def build_app(
         if auth_token and not hmac.compare_digest(
             token.encode("utf-8", "surrogateescape"), auth_token.encode("utf-8", "surrogateescape")
         ):
-            response = _error(
-                401,
+            reason = (
                 "this codec server needs the header `Authorization: Bearer <token>` with its "
-                f"{AUTH_TOKEN_ENV} (CLI: --codec-auth 'Bearer <token>').",
+                f"{AUTH_TOKEN_ENV} (CLI: --codec-auth 'Bearer <token>')."
             )
+            # The CLI (X-Namespace, no Origin) retries any other answer than 200 for 10 s,
+            # then says only "context deadline exceeded": its payloads say why instead.
+            cli = "X-Namespace" in request.headers and "Origin" not in request.headers
+            if request.path == "/decode" and cli:
+                with contextlib.suppress(CodecRequestError):
+                    body = await _read_body(request, max_body_size, body_timeout)
+                    count = len(await service.in_thread(lambda: parse_payloads(body)))
+                    _error(401, reason)  # logged as any refusal
+                    marker = _payload_json(Unreadable(401, f"401 Unauthorized: {reason}").marker())
+                    return await _send_json(request, [marker] * count)
+            response = _error(401, reason)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         return await handler(request)
@@ -477,7 +527,10 @@ def build_app(
         try:
             return await handler(request)
         except CodecRequestError as err:
-            return _error(err.status, str(err))
+            response = _error(err.status, str(err))
+            if err.status == 408:
+                response.force_close()
+            return response
         except web.HTTPException:
             raise  # aiohttp's own one-line 404 and 405
         except ApplicationError as err:  # from the Redis driver, storing for /encode
@@ -490,31 +543,47 @@ def build_app(
             return _error(500, "the codec server failed on this request; its log says why.")
 
     def endpoint(
-        answer: Callable[[list[Payload], str, web.Request], Awaitable[bytes]],
+        work: Callable[[list[Payload], str, web.Request], Awaitable[tuple[list[_Pending], bool]]],
     ) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             namespace = request.headers.get("X-Namespace") or service.namespace
             _check_namespace(namespace)
-            async with busy:
-                body = await _read_body(request, max_body_size)
-                payloads = await service.in_thread(lambda: parse_payloads(body))
-                return web.Response(
-                    body=await answer(payloads, namespace, request),
-                    content_type="application/json",
-                )
+            # The whole body first: a client that stalls holds its socket, never a slot.
+            body = await _read_body(request, max_body_size, body_timeout)
+            reserved = 0
+            try:
+                async with busy:
+                    payloads = await service.in_thread(lambda: parse_payloads(body))
+                    pending, strict = await work(payloads, namespace, request)
+                    decoded_size = await service.in_thread(
+                        lambda: _decoded_size(pending, service.max_answer_bytes)
+                    )
+                    # Markers and parsed payloads cost a few times the body besides.
+                    reserved = await in_flight.take(decoded_size + BODY_COST_FACTOR * len(body))
+                    chunks = await service.in_thread(
+                        lambda: service.decode_to_json(pending, strict=strict)
+                    )
+                # Sent with the budget still held: the answer is in memory until it is read.
+                return await _send_json(request, chunks)
+            finally:
+                in_flight.give_back(reserved)
 
         return handle
 
-    async def encode(payloads: list[Payload], namespace: str, _: web.Request) -> bytes:
-        encoded = await service.encode(payloads, namespace)
-        return await service.in_thread(lambda: _payloads_json(encoded))
+    async def encode(
+        payloads: list[Payload], namespace: str, _: web.Request
+    ) -> tuple[list[_Pending], bool]:
+        return [_Ready(p) for p in await service.encode(payloads, namespace)], True
 
-    async def decode(payloads: list[Payload], namespace: str, request: web.Request) -> bytes:
+    async def decode(
+        payloads: list[Payload], namespace: str, request: web.Request
+    ) -> tuple[list[_Pending], bool]:
         preserve = request.query.get("preserveStorageRefs", "").lower() in ("true", "1")
-        pending = await service.fetch(payloads, namespace, preserve_storage_refs=preserve)
-        return await service.in_thread(lambda: service.decode_to_json(pending, strict=False))
+        return await service.fetch(payloads, namespace, preserve_storage_refs=preserve), False
 
-    async def download(payloads: list[Payload], namespace: str, _: web.Request) -> bytes:
+    async def download(
+        payloads: list[Payload], namespace: str, _: web.Request
+    ) -> tuple[list[_Pending], bool]:
         for index, payload in enumerate(payloads):
             if payload.metadata.get("messageType") != REFERENCE_MESSAGE_TYPE:
                 raise CodecRequestError(
@@ -522,8 +591,7 @@ def build_app(
                     f"payload {index} is not an external storage reference; /download only "
                     "fetches references from Redis, send inline payloads to /decode.",
                 )
-        pending = await service.fetch(payloads, namespace, preserve_storage_refs=False)
-        return await service.in_thread(lambda: service.decode_to_json(pending, strict=True))
+        return await service.fetch(payloads, namespace, preserve_storage_refs=False), True
 
     async def close_service(_: web.Application) -> None:
         service.close()
@@ -534,11 +602,12 @@ def build_app(
     app.router.add_post("/encode", endpoint(encode))
     app.router.add_post("/decode", endpoint(decode))
     app.router.add_post("/download", endpoint(download))
+    app.on_response_prepare.append(allow_origin)
     app.on_cleanup.append(close_service)
     return app
 
 
-async def _read_body(request: web.Request, max_body_size: int) -> bytes:
+async def _read_body(request: web.Request, max_body_size: int, seconds: float) -> bytes:
     too_large = CodecRequestError(
         413,
         f"the body is larger than this server's limit of {max_body_size:,} bytes; send fewer "
@@ -547,9 +616,96 @@ async def _read_body(request: web.Request, max_body_size: int) -> bytes:
     if request.content_length is not None and request.content_length > max_body_size:
         raise too_large
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except ConnectionError:
+        raise CodecRequestError(400, "the client closed the connection before its body.") from None
+    except TimeoutError:
+        # Nothing more is read from this client: answer, then close without waiting for it.
+        request.content.feed_eof()
+        raise CodecRequestError(
+            408, f"the body did not arrive within {seconds:g} seconds; send it with the request."
+        ) from None
+
+
+class _ByteBudget:
+    """Bytes that requests in flight may hold together; first come, first served."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._turn = asyncio.Lock()  # only the first in line waits for bytes to be freed
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int) -> int:
+        """Wait until ``size`` bytes (at most the whole budget) are free; the bytes taken."""
+        size = min(size, self._limit)
+        if size == 0:
+            return 0
+        async with self._turn:
+            while self._held + size > self._limit:
+                self._freed.clear()
+                await self._freed.wait()
+            self._held += size
+        return size
+
+    def give_back(self, size: int) -> None:
+        self._held -= size
+        self._freed.set()
+
+
+def _decoded_size(pending: Sequence[_Pending], per_payload_limit: int) -> int:
+    """What decoding ``pending`` holds at most: each distinct payload once, at the size its
+    zstd frame declares (a codec refuses one over the limit), else at its own size."""
+    distinct = {id(item.payload): item.payload for item in pending if isinstance(item, _ToDecode)}
+    total = 0
+    for payload in distinct.values():
+        try:
+            size = ZstdCodec.decoded_size(payload) or payload.ByteSize()
+        except Exception:  # not a zstd frame: decoding will say so
+            size = payload.ByteSize()
+        total += min(size, per_payload_limit)
+    return total
+
+
+_SEND_BATCH_SIZE = 64 * 1024
+
+
+async def _send_json(request: web.Request, chunks: Sequence[bytes]) -> web.StreamResponse:
+    """Stream ``{"payloads": [...]}`` from one JSON object per payload, without joining them."""
+    head, separator, tail = b'{"payloads": [', b", ", b"]}"
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = (
+        len(head) + sum(map(len, chunks)) + len(separator) * max(len(chunks) - 1, 0) + len(tail)
+    )
+    # Small objects go out together; a large one is written as it is, never copied.
+    batch, batched = [head], len(head)
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+            await response.prepare(request)
+            for index, chunk in enumerate(chunks):
+                if index:
+                    batch.append(separator)
+                if len(chunk) >= _SEND_BATCH_SIZE:
+                    await response.write(b"".join(batch))
+                    await response.write(chunk)
+                    batch, batched = [], 0
+                else:
+                    batch.append(chunk)
+                    batched += len(chunk)
+                if batched >= _SEND_BATCH_SIZE:
+                    await response.write(b"".join(batch))
+                    batch, batched = [], 0
+            batch.append(tail)
+            await response.write(b"".join(batch))
+            await response.write_eof()
+    except (TimeoutError, ConnectionError):
+        logger.warning("an answer was dropped: the client did not read it")
+        if request.transport is not None:
+            request.transport.close()
+    return response
 
 
 def _check_namespace(namespace: str) -> None:
@@ -602,19 +758,43 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[str
             "stop what uses that port or pick another with --port."
         ) from None
     bound_host, bound_port = runner.addresses[0][:2]
+    if ":" in bound_host:
+        bound_host = f"[{bound_host}]"  # an IPv6 address in a URL
     try:
         yield f"http://{bound_host}:{bound_port}"
     finally:
         await runner.cleanup()
 
 
+def _listening_on(host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        return "every address of this machine"
+    return f"address {host}"
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only ('' means every interface)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 async def main(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    local = _is_loopback(args.host)
+    if not local and not args.auth_token:
+        raise ConfigError(
+            f"--host {args.host!r} lets other machines read every payload; set "
+            f"{AUTH_TOKEN_ENV} (or --auth-token) to require a token, or listen on 127.0.0.1."
+        )
     settings = load_settings(encrypts=True)
     encryption = codec_from_env()
     async with redis_connection(settings.redis_url) as redis_client:
         converter = data_converter(settings, redis_client, codecs=[encryption])
-        origins = args.ui_origin or [DEFAULT_UI_ORIGIN]
+        origins = args.ui_origin or DEFAULT_UI_ORIGINS
         app = build_app(
             converter,
             ui_origins=origins,
@@ -628,8 +808,10 @@ async def main(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with serve(app, args.host, args.port) as url:
+            exposed = "" if local else f" ({_listening_on(args.host)}, open to the network)"
             console.print(
-                f"Codec server at {url} for {', '.join(origins)}, namespace {args.namespace}, "
+                f"Codec server at {url}{exposed} for {', '.join(origins)}, "
+                f"namespace {args.namespace}, "
                 f"payloads in Redis at {redact_url(settings.redis_url)}, "
                 + ("token required." if args.auth_token else "no token (local use only).")
                 + " Ctrl+C to stop.",
@@ -650,7 +832,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--ui-origin",
         action="append",
-        help=f"Web UI origin allowed by CORS; repeatable (default {DEFAULT_UI_ORIGIN})",
+        help="Web UI origin allowed by CORS; repeatable, replaces the default "
+        f"({' and '.join(DEFAULT_UI_ORIGINS)})",
     )
     parser.add_argument(
         "--auth-token",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -43,6 +44,7 @@ from converter import make_data_converter
 from extras.codec_server import (
     DEFAULT_MAX_BODY_SIZE,
     MARKER_FIELD,
+    MAX_CONCURRENT_REQUESTS,
     MAX_JSON_DEPTH,
     UNAVAILABLE,
     build_app,
@@ -745,21 +747,30 @@ def script_env(redis_server: RedisServer) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[str, str]) -> None:
+def start_script(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`uv run -m extras.codec_server ARGS`, and its start-up line once it printed it."""
     process = subprocess.Popen(
-        ["uv", "run", "-m", "extras.codec_server", "--port", str(port := free_port())],
+        ["uv", "run", "-m", "extras.codec_server", *args],
         cwd=PROJECT_DIR,
-        env=script_env,
+        env={**env, "COLUMNS": "80"},
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
     assert process.stderr is not None
+    banner = ""
+    while "Ctrl+C to stop." not in banner and process.poll() is None:
+        line = process.stderr.readline()
+        assert len(line.rstrip("\n")) <= 80, line
+        banner = " ".join((banner + " " + line).split())
+    return process, banner
+
+
+@pytest.mark.slow
+def test_the_script_serves_with_a_token_from_the_environment(script_env: dict[str, str]) -> None:
+    process, banner = start_script(script_env, "--port", str(port := free_port()))
+    assert process.stderr is not None
     try:
-        banner = ""
-        while "Ctrl+C to stop." not in banner and process.poll() is None:
-            banner = " ".join((banner + " " + process.stderr.readline()).split())
         assert f"Codec server at http://127.0.0.1:{port}" in banner and "token required" in banner
         request = json.dumps(body([Payload(metadata={"encoding": b"json/plain"}, data=b"1")]))
 
@@ -843,15 +854,14 @@ class ScriptServer:
         return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
-@pytest.fixture(scope="module")
-def script_server(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ScriptServer]:
+@contextlib.contextmanager
+def run_script_server(redis_server: RedisServer, log_dir: Path) -> Iterator[ScriptServer]:
+    """`python -m extras.codec_server` against the tests' Redis, until the block ends."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "REDIS_", "CODEC_"))
     }
     env["REDIS_URL"] = redis_server.url
-    log = tmp_path_factory.mktemp("codec-server") / "stderr.log"
+    log = log_dir / "stderr.log"
     port = free_port()
     with log.open("wb") as stderr:
         process = subprocess.Popen(
@@ -869,6 +879,14 @@ def script_server(
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def script_server(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ScriptServer]:
+    with run_script_server(redis_server, tmp_path_factory.mktemp("codec-server")) as server:
+        yield server
 
 
 @pytest.mark.slow
@@ -1076,3 +1094,179 @@ def test_the_fuzzed_server_logged_no_traceback(script_server: ScriptServer) -> N
     assert "Traceback" not in log and "unexpected error" not in log
     # The fuzz reached the checks behind the door: references refused, payloads not decoded.
     assert "not returned: key " in log and "a payload could not be decoded" in log
+
+
+# --- slow clients -------------------------------------------------------------------------------
+
+
+async def send_headers_only(
+    url: str, path: str = "/decode"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST whose headers promise 1,000 bytes of body that never come."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_clients_that_never_send_a_body_hold_no_slot(
+    http: aiohttp.ClientSession, converter: DataConverter
+) -> None:
+    """More stalled clients than request slots: the next request is answered at once, and
+    each stalled one gets a one-line 408 after the body timeout, then its socket is closed."""
+    async with serve(build_app(converter, body_timeout=2), "127.0.0.1", 0) as url:
+        stalled = [await send_headers_only(url) for _ in range(MAX_CONCURRENT_REQUESTS + 2)]
+        await asyncio.sleep(0.2)  # the server has read their headers and waits for bodies
+        small = [Payload(metadata={"encoding": b"json/plain"}, data=b"1")]
+        started = time.monotonic()
+        assert await post(http, f"{url}/decode", small) == small
+        answered_in = time.monotonic() - started
+        answers = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in stalled)), 30)
+        closed_in = time.monotonic() - started
+
+    for _, writer in stalled:
+        writer.close()
+    print(f"answered in {answered_in:.3f} s with {len(stalled)} stalled clients; those got")
+    print(f"their 408 and were closed within {closed_in:.1f} s (body timeout 2 s)")
+    assert answered_in < 5
+    for answer in answers:  # read() returned: the server closed each socket
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert text == b"the body did not arrive within 2 seconds; send it with the request.\n"
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:8233", "http://127.0.0.1:8233"])
+async def test_the_dev_web_ui_is_allowed_by_default_under_either_name(
+    http: aiohttp.ClientSession, converter: DataConverter, origin: str
+) -> None:
+    async with serve(build_app(converter), "127.0.0.1", 0) as url:
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        async with http.options(f"{url}/decode", headers=preflight) as response:
+            assert response.status == 204
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+        headers = {"Origin": origin, "X-Namespace": "default"}
+        async with http.post(f"{url}/decode", json=body([]), headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["", "0.0.0.0"])
+def test_the_script_refuses_to_listen_beyond_loopback_without_a_token(
+    script_env: dict[str, str], host: str
+) -> None:
+    del script_env["CODEC_AUTH_TOKEN"]
+    result = subprocess.run(
+        ["uv", "run", "-m", "extras.codec_server", "--host", host, "--port", str(free_port())],
+        cwd=PROJECT_DIR,
+        env={**script_env, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert one_sentence(result.stderr) == (
+        f"codec_server: --host {host!r} lets other machines read every payload; set "
+        "CODEC_AUTH_TOKEN (or --auth-token) to require a token, or listen on 127.0.0.1."
+    )
+    assert all(len(line) <= 80 for line in result.stderr.splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["", "0.0.0.0"])
+def test_the_script_says_what_it_exposes_beyond_loopback(
+    script_env: dict[str, str], host: str
+) -> None:
+    process, banner = start_script(script_env, "--host", host, "--port", str(free_port()))
+    try:
+        print(banner)
+        assert "(every address of this machine, open to the network)" in banner
+        assert banner.endswith("token required. Ctrl+C to stop.")
+        assert "from-env" not in banner  # the token itself is never printed
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+
+
+# --- memory: repeated references, requests at once ---------------------------------------------
+
+
+@pytest.mark.slow
+async def test_repeated_references_and_parallel_requests_stay_within_memory(
+    http: aiohttp.ClientSession,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    tmp_path: Path,
+) -> None:
+    """One stored order list of 5,000 orders (5.7 MB decoded) named 10 times in one body,
+    then four 4 MiB bodies of nothing but that reference at once. Each distinct payload is
+    decoded once per request, and the decoded bytes of all requests share one budget.
+
+    Peak memory (VmHWM), printed with -s: before, 89 MB at start, 369 MB after the 10
+    references, 1,064 MB after the four bodies; now 89, 128 and 245 MB."""
+    converter = make_data_converter(redis_client)
+    orders = OrderPage("memory", 1, 0, generate_orders("memory", 0, 5000))
+    original = converter.payload_converter.to_payloads([orders])[0]
+    [reference] = await converter.encode([orders])
+    assert storage_reference(reference) is not None
+    one = json.dumps(body([reference])["payloads"][0])
+    count = (DEFAULT_MAX_BODY_SIZE - 100) // len(one + ", ")
+    full_body = json.dumps({"payloads": [json.loads(one)] * count}).encode()
+    assert DEFAULT_MAX_BODY_SIZE - 10_000 < len(full_body) <= DEFAULT_MAX_BODY_SIZE
+
+    async def decode_full_body() -> list[Payload]:
+        async with http.post(f"{server.url}/decode", data=full_body, headers=JSON) as response:
+            assert response.status == 200
+            return parse(await response.json())
+
+    with run_script_server(redis_server, tmp_path) as server:
+        at_start = server.peak_memory_kib()
+        ten = await post(http, f"{server.url}/decode", [reference] * 10)
+        after_ten = server.peak_memory_kib()
+        four = await asyncio.gather(*(decode_full_body() for _ in range(4)))
+        after_four = server.peak_memory_kib()
+
+    print(f"peak memory: {at_start / 1024:.0f} MB at start, {after_ten / 1024:.0f} MB after 10")
+    print(f"references in one body, {after_four / 1024:.0f} MB after four 4 MiB bodies at once")
+    answered = [p for p in ten if p == original]
+    assert len(answered) >= 8  # the answer's limit is 50 MiB of payloads
+    assert all(MARKER_FIELD in marker(p) for p in ten[len(answered) :])
+    for answer in four:
+        assert answer[: len(answered)] == answered and len(answer) == count
+    assert after_four < 300 * 1024
+
+
+@pytest.mark.slow
+async def test_workflow_show_without_the_token_names_the_cause_at_once(
+    temporal_env: WorkflowEnvironment, converter: DataConverter, tmp_path: Path
+) -> None:
+    """The CLI retries any /decode answer but 200 for 10 s, then prints only "context deadline
+    exceeded" (the 401 was in the server's log alone). Its payloads now say why."""
+    (tmp_path / "input.json").write_text('{"order_id": "A-1"}')
+    workflow_id = f"no-token-{uuid.uuid4().hex[:8]}"
+    address = temporal_env.client.service_client.config.target_host
+    cli = [temporal_cli_path(), "workflow"]
+    where = ["--workflow-id", workflow_id, "--address", address]
+    await run_cli([*cli, "start", *where, "--type", "Nothing", "--task-queue", "nobody",
+                   "--input-file", str(tmp_path / "input.json")])  # fmt: skip
+    app = build_app(converter, auth_token="s3cret")
+    async with serve(app, "127.0.0.1", 0) as url:
+        started = time.monotonic()
+        shown = await run_cli([*cli, "show", *where, "--codec-endpoint", url, "--detailed"])
+        took = time.monotonic() - started
+        auth = ["--codec-auth", "Bearer s3cret", "--detailed"]
+        with_token = await run_cli([*cli, "show", *where, "--codec-endpoint", url, *auth])
+    print(f"`temporal workflow show` without the token finished in {took:.2f} s:")
+    print("\n".join(line for line in shown.splitlines() if MARKER_FIELD in line))
+    assert took < 8  # it used to take 10 s and fail
+    assert (
+        f"input[0].{MARKER_FIELD}: 401 Unauthorized: this codec server needs the header "
+        "`Authorization: Bearer <token>` with its CODEC_AUTH_TOKEN (CLI: --codec-auth "
+        "'Bearer <token>')."
+    ) in shown
+    assert "s3cret" not in shown
+    assert "A-1" in with_token and MARKER_FIELD not in with_token
