@@ -154,10 +154,10 @@ class WorkerProcess:
     """`worker.py` (or ``command``) as its own process, returned once it polls. Its stderr is
     collected as it goes, so a chatty worker never blocks on a full pipe."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path = PROJECT_DIR) -> None:
         self.process = subprocess.Popen(
             command,
-            cwd=PROJECT_DIR,
+            cwd=cwd,
             env=env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
