@@ -149,6 +149,11 @@ def check_redis_url(url: str) -> None:
     scheme = url.partition("://")[0]
     if scheme not in REDIS_SCHEMES or "://" not in url:
         raise ConfigError(f"REDIS_URL {where!r} is not a Redis URL; {REDIS_URL_FORMS}")
+    if "@" in url.partition("://")[2] and "@" not in urlsplit(url).netloc:
+        raise ConfigError(
+            f"REDIS_URL {where!r} has a '/', '?' or '#' in its user name or password; "
+            "percent-encode it (%2F, %3F, %23)."
+        )
     try:
         parts = urlsplit(url)
         port = parts.port

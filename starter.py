@@ -24,7 +24,7 @@ from rich.text import Text
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.client import WorkflowQueryFailedError as QueryFailed
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from config import connected_client, load_settings, run_script
@@ -37,10 +37,16 @@ BatchHandle = WorkflowHandle[Any, BatchSummary]
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that describe a batch; read them back with :func:`request_from_args`."""
     default = OrderBatchRequest("")
-    parser.add_argument("--orders", type=int, default=default.order_count, help="default 5,000")
-    parser.add_argument("--page-size", type=int, default=default.page_size, help="orders a page")
-    parser.add_argument("--pages-in-flight", type=int, default=default.pages_in_flight)
+    parser.add_argument("--orders", type=_whole_number, default=default.order_count)
+    parser.add_argument("--page-size", type=_whole_number, default=default.page_size)
+    parser.add_argument("--pages-in-flight", type=_whole_number, default=default.pages_in_flight)
     parser.add_argument("--batch-id", help="default: BATCH-<UTC time>; an id never runs twice")
+
+
+def _whole_number(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()):  # int() also takes "1_000", " 7" and "٣"
+        raise argparse.ArgumentTypeError(f"{raw[:40]!r} is not a whole number")
+    return int(raw[:9])  # the limits are checked by OrderBatchRequest.problem
 
 
 def request_from_args(parser: argparse.ArgumentParser, args: Any) -> OrderBatchRequest:
@@ -126,14 +132,21 @@ async def run_batch(
     if not started:
         did = f"Batch {request.batch_id} ran or runs already; reporting"
     console.print(Text(f"{did} workflow {handle.id}"))
+    again = shlex.join(["uv", "run", "starter.py", "--batch-id", request.batch_id, "--orders",
+                        str(request.order_count), "--page-size", str(request.page_size),
+                        "--pages-in-flight", str(request.pages_in_flight)])  # fmt: skip
     try:
         summary = await watch(handle, console)
     except asyncio.CancelledError:  # Ctrl+C
-        again = f"uv run {Path(sys.argv[0]).name} --batch-id {shlex.quote(request.batch_id)}"
-        console.print(Text(f"Stopped watching; the batch keeps running. See it: {again}"))
+        console.print(Text(f"Stopped watching. Batch {request.batch_id} keeps running on the "
+                           f"worker; see its result with: {again}"))  # fmt: skip
         return 130
     except WorkflowFailureError as err:
-        console.print(Text(f"Batch {request.batch_id} did not complete: {err.cause}", "red"))
+        if isinstance(err.cause, CancelledError):
+            console.print(Text(f"Batch {request.batch_id} was cancelled before it completed; "
+                               f"run it again with: {again}", "red"))  # fmt: skip
+        else:
+            console.print(Text(f"Batch {request.batch_id} did not complete: {err.cause}", "red"))
         return 1
     console.print(summary_table(summary))
     console.print("See its history (the order lists are references to Redis):")

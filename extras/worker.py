@@ -9,8 +9,12 @@ with these attached; the same task queue, so either worker serves the starter's 
 
 from __future__ import annotations
 
+from temporalio.client import Client
+from temporalio.worker import Worker
+
 from activities import OrderActivities
 from config import (
+    RedisClient,
     connect_temporal,
     data_converter,
     load_settings,
@@ -24,8 +28,27 @@ from extras.metrics import MeteredStorageDriver, worker_runtime
 from extras.payloads import PayloadCleanup
 from extras.redis_checks import payload_risks
 from extras.scheduled_workflows import PayloadCleanupWorkflow, ScheduledOrderBatchWorkflow
+from models import TASK_QUEUE
 from sample_data import generate_orders
 from worker import build_worker, configure_process, console, serve
+
+
+def build_scheduling_worker(
+    client: Client,
+    redis_client: RedisClient,
+    *,
+    task_queue: str = TASK_QUEUE,
+    orders: OrderActivities | None = None,
+) -> Worker:
+    """The core's worker plus what the Schedules start: a scheduled batch, and the payload
+    clean-up, whose activity deletes from ``redis_client`` (extras/schedules.py)."""
+    return build_worker(
+        client,
+        task_queue=task_queue,
+        orders=orders,
+        workflows=[ScheduledOrderBatchWorkflow, PayloadCleanupWorkflow],
+        activities=[PayloadCleanup(client, redis_client).collect_payload_garbage],
+    )
 
 
 async def main(metrics_port: int | None) -> int:
@@ -42,12 +65,11 @@ async def main(metrics_port: int | None) -> int:
             wrap_driver=(lambda driver: MeteredStorageDriver(driver, meter)) if meter else None,
         )
         client = await connect_temporal(converter, runtime=runtime)
-        worker = build_worker(
+        worker = build_scheduling_worker(
             client,
+            redis_client,
             task_queue=settings.task_queue,
             orders=OrderActivities(generate_orders, settings.carrier_lookup_seconds),
-            workflows=[ScheduledOrderBatchWorkflow, PayloadCleanupWorkflow],
-            activities=[PayloadCleanup(client, redis_client).collect_payload_garbage],
         )
         for risk in await payload_risks(redis_client):
             console.print(f"warning: {risk}", style="yellow", markup=False)

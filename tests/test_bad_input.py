@@ -39,23 +39,24 @@ KEY = "2025-11:" + "A" * 43 + "="
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--orders", "many"], "argument --orders: 'many' is not a whole number from 1 to"),
-        (["--orders", "0"], "argument --orders: '0' is not a whole number from 1 to"),
-        (["--orders", "-3"], "argument --orders: '-3' is not a whole number from 1 to"),
-        (["--orders", "1_000"], "argument --orders: '1_000' is not a whole number from 1 to"),
-        (["--orders", "1000001"], "is not a whole number from 1 to 1,000,000"),
+        (["--orders", "many"], "argument --orders: 'many' is not a whole number"),
+        (["--orders", "0"], "--orders 0 is not a whole number from 1 to 1,000,000"),
+        (["--orders", "-3"], "argument --orders: '-3' is not a whole number"),
+        (["--orders", "1_000"], "argument --orders: '1_000' is not a whole number"),
+        (["--orders", "1000001"], "--orders 1000001 is not a whole number from 1 to 1,000,000"),
         (["--orders", "9" * 400], "is not a whole number from 1 to 1,000,000"),
-        (["--page-size", "25001"], "argument --page-size: '25001' is not a whole number from 1"),
+        (["--page-size", "25001"], "--page-size 25001 is not a whole number from 1 to 25,000"),
         (["--page-size", "\u0663"], "argument --page-size: '\u0663' is not a whole number"),
-        (["--pages-in-flight", "0"], "argument --pages-in-flight: '0' is not a whole number"),
+        (["--pages-in-flight", "0"], "--pages-in-flight 0 is not a whole number from 1 to 64"),
         (["--pages-in-flight", "65"], "is not a whole number from 1 to 64"),
-        (["--batch-id", ""], "argument --batch-id: a batch id must be 1 to 100 printable"),
-        (["--batch-id", "   "], "argument --batch-id: a batch id must be 1 to 100 printable"),
-        (["--batch-id", "a\nb"], "argument --batch-id: a batch id must be 1 to 100 printable"),
-        (["--batch-id", "B" * 101], "but this one has 101 characters"),
+        (["--batch-id", " "], "a batch id is 1 to 100 printable characters, not only spaces"),
+        (["--batch-id", "   "], "a batch id is 1 to 100 printable characters, not only spaces"),
+        (["--batch-id", "a\nb"], "a batch id is 1 to 100 printable characters, not only spaces"),
+        (["--batch-id", "B" * 101], "a batch id is 1 to 100 printable characters"),
         (
             ["--orders", "1000000", "--page-size", "999"],
-            "makes 1,002 pages, over this sample's 1,000; pass --page-size 1000 or more",
+            "1000000 orders in pages of 999 make 1,002 pages, over 1,000; pass --page-size 1000 "
+            "or more",
         ),
     ],
 )
@@ -69,14 +70,21 @@ def test_bad_starter_flags_are_refused_in_one_sentence(args: list[str], expected
 # Each (setting, value, what the one sentence must say); {port} is a port nothing listens on.
 BAD_SETTINGS = [
     ("REDIS_URL", f"redis://:{PASSWORD}@127.0.0.1:{{port}}/0",
-     "Could not reach Redis at redis://:***@127.0.0.1:{port}/0"),
+     "Could not reach Redis at redis://127.0.0.1:{port}/0 "),
+    ("REDIS_URL", f"redis://app:{PASSWORD}@127.0.0.1:{{port}}/0",
+     "Could not reach Redis at redis://127.0.0.1:{port}/0 "),
+    ("REDIS_URL", f"redis://127.0.0.1:{{port}}/0?password={PASSWORD}",
+     "Could not reach Redis at redis://127.0.0.1:{port}/0 "),
+    ("REDIS_URL", "redis://:hunter2/do-not-print@127.0.0.1:{port}/0", "percent-encode it"),
+    ("REDIS_URL", "redis://:hunter2#do-not-print@127.0.0.1:{port}/0", "percent-encode it"),
+    ("REDIS_URL", "redis://:hunter2?do-not-print@127.0.0.1:{port}/0", "percent-encode it"),
     ("REDIS_URL", f"htp://:{PASSWORD}@127.0.0.1:{{port}}/0", "is not a Redis URL"),
     ("REDIS_URL", f"redis://:{PASSWORD}@127.0.0.1:six-three-seven-nine/0", "is not a valid URL"),
     ("REDIS_URL", f"redis://:{PASSWORD}@127.0.0.1:99999/0", "is not a valid URL"),
-    ("REDIS_URL", "redis://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+    ("REDIS_URL", "redis://[::1", "is not a valid URL;"),
     ("REDIS_URL", "redis://:@", "has no host name"),
     ("REDIS_URL", "redis://127.0.0.1:0/0", "has port 0"),
-    ("REDIS_URL", "redis://127.0.0.1:6379/abc", "names database 'abc', not a number"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/abc", "names a database that is not a number"),
     ("REDIS_URL", "redis+cluster://127.0.0.1:7000/2", "a Redis Cluster has only database 0"),
     ("TEMPORAL_ADDRESS", "127.0.0.1:{port}", "Could not connect to Temporal at 127.0.0.1:{port} "),
     ("TEMPORAL_ADDRESS", "localhost", "Temporal address 'localhost' is not host:port"),
@@ -91,20 +99,23 @@ BAD_SETTINGS = [
     ("PAYLOAD_SIZE_THRESHOLD", "3000000", "above the Temporal service's payload limit"),
     ("PAYLOAD_SIZE_THRESHOLD", "lots", "PAYLOAD_SIZE_THRESHOLD='lots' is not a whole number"),
     ("SERVICE_PAYLOAD_LIMIT", "2 MB", "SERVICE_PAYLOAD_LIMIT='2 MB' is not a whole number"),
-    ("PAYLOAD_ENCRYPTION_KEYS", PASSWORD, "PAYLOAD_ENCRYPTION_KEYS entry 1 is not"),
+    ("PAYLOAD_ENCRYPTION_KEYS", KEY, "PAYLOAD_ENCRYPTION_KEYS is set, but this script does"),
+    ("TEMPORAL_TASK_QUEUE", " padded", "TEMPORAL_TASK_QUEUE=' padded' is not a task queue"),
 ]  # fmt: skip
 
 
-# Settings only the worker reads.
-WORKER_SETTINGS = [
+# Settings the extras' worker and starter read besides the core's.
+EXTRAS_SETTINGS = [
     ("CARRIER_LOOKUP_LATENCY_MS", "slow", "CARRIER_LOOKUP_LATENCY_MS='slow' is not a whole"),
+    ("PAYLOAD_ENCRYPTION_KEYS", PASSWORD, "PAYLOAD_ENCRYPTION_KEYS entry 1 is not"),
 ]
+SCRIPTS = ("worker.py", "starter.py", "extras.worker", "extras.starter")
 
 
 @pytest.mark.parametrize(
     ("script", "name", "value", "expected"),
-    [(script, *setting) for script in ("worker.py", "starter.py") for setting in BAD_SETTINGS]
-    + [("worker.py", *setting) for setting in WORKER_SETTINGS],
+    [(script, *setting) for script in SCRIPTS[:2] for setting in BAD_SETTINGS]
+    + [(script, *setting) for script in SCRIPTS[2:] for setting in EXTRAS_SETTINGS],
 )
 def test_bad_settings_end_in_one_sentence_without_the_secret(
     script: str,
@@ -125,7 +136,7 @@ def test_bad_settings_end_in_one_sentence_without_the_secret(
 
     assert result.returncode == 1, result.stdout + result.stderr
     text = one_sentence(result.stderr)
-    assert text.startswith(f"{script.removesuffix('.py')}: "), text
+    assert text.startswith(f"{script.removesuffix('.py').removeprefix('extras.')}: "), text
     assert expected.format(port=port) in text, text
     assert PASSWORD not in result.stderr + result.stdout
     assert seconds < 10, f"{script} took {seconds:.1f}s to refuse {name}"
@@ -140,9 +151,11 @@ async def test_hostile_batch_ids_are_printed_as_they_are(
     temporal_env: WorkflowEnvironment,
     redis_server: RedisServer,
     redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     unique = f"{batch_id}-{uuid.uuid4().hex[:6]}"
-    async with build_worker(client_with(temporal_env, make_data_converter(redis_client))):
+    client = client_with(temporal_env, make_data_converter(redis_client))
+    async with build_worker(client, task_queue=task_queue):
         # In a thread: the worker runs on this test's event loop.
         result, _ = await asyncio.to_thread(
             run_script,
@@ -153,28 +166,34 @@ async def test_hostile_batch_ids_are_printed_as_they_are(
             "300",
             TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
             REDIS_URL=redis_server.url,
+            TEMPORAL_TASK_QUEUE=task_queue,
             COLUMNS="300",
         )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert f"Started batch {unique} (300 orders" in result.stdout, result.stdout
+    assert f"Started batch {unique} (300 orders)" in result.stdout, result.stdout
     assert f"Batch {unique}" in result.stdout
     assert f"workflow {workflow_id_for(unique)}" in result.stdout
 
 
 async def test_starter_reading_another_redis_than_the_worker_still_reports_the_batch(
-    temporal_env: WorkflowEnvironment, redis_server: RedisServer, redis_client: redis.asyncio.Redis
+    temporal_env: WorkflowEnvironment,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    task_queue: str,
 ) -> None:
     """Worker on db 0, starter on db 1: the batch runs; the report cannot read the order list."""
     request = OrderBatchRequest(f"other-db-{uuid.uuid4().hex[:8]}", 5_000)
-    async with build_worker(client_with(temporal_env, make_data_converter(redis_client))):
+    client = client_with(temporal_env, make_data_converter(redis_client))
+    async with build_worker(client, task_queue=task_queue):
         result, _ = await asyncio.to_thread(
             run_script,
-            "starter.py",
+            "extras.starter",
             "--batch-id",
             request.batch_id,
             TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
             REDIS_URL=redis_server.url.removesuffix("/0") + "/1",
+            TEMPORAL_TASK_QUEUE=task_queue,
         )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -191,14 +210,16 @@ async def test_starter_with_a_key_the_worker_lacks_fails_at_once_naming_it(
     temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    worker = start_worker(address, redis_server.url, task_queue)  # no PAYLOAD_ENCRYPTION_KEYS
+    # An encrypting worker without PAYLOAD_ENCRYPTION_KEYS
+    worker = start_worker(address, redis_server.url, task_queue, script="-m extras.worker")
     try:
         result, seconds = run_script(
-            "starter.py",
+            "extras.starter",
             "--orders",
             "300",
             TEMPORAL_ADDRESS=address,
             REDIS_URL=redis_server.url,
+            TEMPORAL_TASK_QUEUE=task_queue,
             PAYLOAD_ENCRYPTION_KEYS=KEY,
         )
     finally:
@@ -300,10 +321,12 @@ def test_worker_prints_the_warning_at_start_up(
     temporal_env: WorkflowEnvironment, redis_server: RedisServer, task_queue: str
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    worker = start_worker(address, redis_server.url, task_queue, COLUMNS="300")
+    worker = start_worker(
+        address, redis_server.url, task_queue, script="-m extras.worker", COLUMNS="300"
+    )
     try:
         warning = worker.wait_for_line("warning:")
     finally:
         worker.stop()
-    assert worker.lines[0].startswith("Worker polling task queue")
+    assert any(line.startswith("Worker polling task queue") for line in worker.lines)
     assert warning.startswith("warning: Redis has no persistence"), warning

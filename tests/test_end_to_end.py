@@ -46,31 +46,51 @@ def test_worker_and_starter_then_workflow_show(
     worker_process: WorkerProcess,
     temporal_env: WorkflowEnvironment,
     redis_server: RedisServer,
+    task_queue: str,
 ) -> None:
     address = temporal_env.client.service_client.config.target_host
-    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="80")
-    batch_id = f"e2e-{uuid.uuid4().hex[:8]}"
-    starter = subprocess.run(
-        ["uv", "run", "starter.py", "--batch-id", batch_id],
-        cwd=PROJECT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    env = user_env(
+        TEMPORAL_ADDRESS=address,
+        REDIS_URL=redis_server.url,
+        TEMPORAL_TASK_QUEUE=task_queue,
+        COLUMNS="80",
     )
-    assert starter.returncode == 0, starter.stderr + starter.stdout
-    lines = starter.stdout.strip().splitlines()
-    assert f"Started batch {batch_id} (5,000 orders, pages of 5,000)" in " ".join(lines)
-    # An 80-column terminal holds every line but the commands to copy.
-    prose = [line for line in lines if not line.startswith(("temporal ", "uv run "))]
-    assert max(map(len, prose)) <= 80, starter.stdout
-    assert "Payloads in history" in starter.stdout
-    # The two order-list hops share one key.
-    assert starter.stdout.count("Redis (1)") == 2, starter.stdout
-    # The last two lines: the batch's history, then its page's, which holds the order list.
-    batch_show, show_command = lines[-2:]
-    assert batch_show.startswith(f"temporal workflow show --workflow-id order-batch-{batch_id}")
-    assert show_command == f"temporal workflow show --workflow-id order-batch-{batch_id}-page-1"
+    batch_id = f"e2e-{uuid.uuid4().hex[:8]}"
+
+    def run(*command: str) -> list[str]:
+        done = subprocess.run(
+            ["uv", "run", *command, "--batch-id", batch_id],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
+        lines = done.stdout.strip().splitlines()
+        # An 80-column terminal holds every line but the commands to copy.
+        prose = [line for line in lines if not line.startswith(("temporal ", "uv run "))]
+        assert max(map(len, prose)) <= 80, done.stdout
+        return lines
+
+    lines = run("starter.py")
+    assert f"Started batch {batch_id} (5,000 orders) as workflow" in " ".join(lines)
+    assert "Total shipping cost" in " ".join(lines)
+    # Under `uv run`, the CLI is the project's: the command says so.
+    assert lines[-1] == (
+        f"uv run temporal workflow show --workflow-id order-batch-{batch_id} --address {address}"
+    )
+
+    # The extras' starter reports the same batch, with where each payload went.
+    lines = run("-m", "extras.starter")
+    assert f"Batch {batch_id} ran or runs already" in lines[0]
+    report = "\n".join(lines)
+    assert "Payloads in history" in report
+    assert report.count("Redis (1)") == 2, report  # the two order-list hops share one key
+    show_command = lines[-1].removeprefix("uv run ")
+    assert show_command == (
+        f"temporal workflow show --workflow-id order-batch-{batch_id}-page-1 --address {address}"
+    )
 
     show = subprocess.run(
         ["uv", "run", *show_command.split(), "--output", "json"],

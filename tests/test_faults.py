@@ -279,7 +279,8 @@ async def test_redis_killed_mid_batch_and_restarted_the_starter_reports_cleanly(
     starter = await asyncio.create_subprocess_exec(
         sys.executable, "starter.py", "--batch-id", batch_id, "--orders", "30000",
         "--page-size", "10000", cwd=PROJECT_DIR,
-        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=own_redis.url, COLUMNS="200"),
+        env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=own_redis.url, COLUMNS="200",
+                     TEMPORAL_TASK_QUEUE=task_queue),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -298,7 +299,6 @@ async def test_redis_killed_mid_batch_and_restarted_the_starter_reports_cleanly(
     assert "Traceback" not in output + worker.log, output + worker.log
     expected = undisturbed_summary(request)
     assert f"${expected.total_shipping_cost_cents / 100:,.2f} │" in output  # the undisturbed total
-    assert "Payloads in history" in output
 
 
 async def test_redis_restarted_while_the_starter_reports(
@@ -317,9 +317,9 @@ async def test_redis_restarted_while_the_starter_reports(
     # The starter reports the finished batch: 20 order lists to read back from Redis. Kill
     # Redis as soon as the summary is printed, i.e. while the report is being built.
     starter = await asyncio.create_subprocess_exec(
-        sys.executable, "starter.py", "--batch-id", request.batch_id, cwd=PROJECT_DIR,
+        sys.executable, "-m", "extras.starter", "--batch-id", request.batch_id, cwd=PROJECT_DIR,
         env=user_env(TEMPORAL_ADDRESS=address, REDIS_URL=own_redis.url, COLUMNS="200",
-                     PAYLOAD_SIZE_THRESHOLD=str(16 * 1024)),
+                     PAYLOAD_SIZE_THRESHOLD=str(16 * 1024), TEMPORAL_TASK_QUEUE=task_queue),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     assert starter.stdout is not None
@@ -347,7 +347,8 @@ async def test_cancel_stops_process_orders_and_the_starter_says_cancelled(
     batch_id = f"cancel-{uuid.uuid4().hex[:8]}"
     request = OrderBatchRequest(batch_id, 5_000)
     worker = start_worker(address, redis_server.url, task_queue, CARRIER_LOOKUP_LATENCY_MS="5")
-    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="200")
+    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_server.url, COLUMNS="200",
+                   TEMPORAL_TASK_QUEUE=task_queue)  # fmt: skip
     starter = await asyncio.create_subprocess_exec(
         sys.executable, "starter.py", "--batch-id", batch_id, "--orders", "5000",
         cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -521,9 +522,8 @@ async def test_ctrl_c_on_the_worker_lets_running_activities_finish(
         if e.event_id == completed.activity_task_completed_event_attributes.started_event_id
     )
     assert started.attempt == 1
-    async with build_worker(
-        client, task_queue=task_queue
-    ):  # someone has to finish the batch's workflow tasks
+    # Someone has to finish the batch's workflow tasks.
+    async with build_worker(client, task_queue=task_queue):
         assert await handle.result() == undisturbed_summary(request)
 
 
@@ -542,7 +542,7 @@ async def test_ctrl_c_on_the_starter_says_the_batch_keeps_running(
         sys.executable, "starter.py", "--batch-id", batch_id, "--orders", "3000",
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=user_env(TEMPORAL_ADDRESS=address_of(temporal_env), REDIS_URL=redis_server.url,
-                     COLUMNS="200"),
+                     COLUMNS="200", TEMPORAL_TASK_QUEUE=task_queue),
     )  # fmt: skip
     try:
         assert starter.stdout is not None
@@ -561,5 +561,5 @@ async def test_ctrl_c_on_the_starter_says_the_batch_keeps_running(
     assert "Traceback" not in output
     text = " ".join(output.split())
     assert f"Batch {batch_id} keeps running on the worker" in text, text
-    assert f"uv run starter.py --batch-id {batch_id}" in text
+    assert f"uv run starter.py --batch-id {batch_id} --orders 3000 --page-size 5000" in text
     assert summary.order_count == 3_000

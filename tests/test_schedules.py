@@ -47,6 +47,7 @@ from extras.scheduled_workflows import (
     scheduled_batch_id,
 )
 from extras.schedules import When, schedule_batches, schedule_clean_up
+from extras.worker import build_scheduling_worker
 from models import OrderBatchRequest, workflow_id_for
 from redis_driver import DEFAULT_KEY_PREFIX, parse_payload_key
 from tests.support import (
@@ -66,7 +67,6 @@ from tests.support import (
     usage_error,
     user_env,
 )
-from worker import build_worker
 
 pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
 
@@ -158,7 +158,7 @@ async def test_an_interval_schedule_runs_each_time_once_and_stops_when_deleted(
     )
     assert created
     try:
-        async with build_worker(client, task_queue=prefix):
+        async with build_scheduling_worker(client, redis_client, task_queue=prefix):
             first, second = (await wait_for_actions(handle, 2))[:2]
             results = []
             for action in (first, second):
@@ -222,12 +222,13 @@ async def test_a_delayed_run_starts_at_its_time_and_not_before(
     asked = datetime.now(UTC)
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "starter.py", "--start-at", "+10s", "--orders", str(ORDERS),
+        [sys.executable, "-m", "extras.starter", "--start-at", "+10s", "--orders", str(ORDERS),
          "--batch-id", prefix, "--schedule-id", schedule_id],
         cwd=PROJECT_DIR,
         env=user_env(
             TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
             REDIS_URL=redis_server.url,
+            TEMPORAL_TASK_QUEUE=task_queue,
             COLUMNS="200",
         ),
         capture_output=True, text=True, timeout=60,
@@ -246,7 +247,7 @@ async def test_a_delayed_run_starts_at_its_time_and_not_before(
         batch_id = scheduled_batch_id(prefix, at)
         assert f"run as workflow {workflow_id_for(batch_id)};" in printed
 
-        async with build_worker(client, task_queue=task_queue):
+        async with build_scheduling_worker(client, redis_client, task_queue=task_queue):
             [action] = await wait_for_actions(handle, 1)
             launcher = client.get_workflow_handle_for(
                 ScheduledOrderBatchWorkflow.run, started(action).workflow_id
@@ -277,7 +278,7 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     client = client_with(temporal_env, make_data_converter(redis_client, payload_size_threshold=0))
     finished = OrderBatchRequest(unique("gc-done"), ORDERS)
-    async with build_worker(client, task_queue=task_queue):
+    async with build_scheduling_worker(client, redis_client, task_queue=task_queue):
         await (await start(client, finished, task_queue)).result()
     # The other batch stays running, its order list in Redis between fetch and process.
     running_handle, page, running, task_queue = await start_with_fetch_scheduled(
@@ -307,7 +308,7 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
         task_queue=schedule_id,
     )  # fmt: skip
     try:
-        async with build_worker(client, task_queue=schedule_id):
+        async with build_scheduling_worker(client, redis_client, task_queue=schedule_id):
             cleanup = client.get_workflow_handle_for(
                 PayloadCleanupWorkflow.run, await trigger_once(handle)
             )
@@ -329,7 +330,7 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
 
     # The running batch completes with the order list that fetch_orders left in Redis: its
     # page ran once (a lost list would have made the batch run the page again).
-    async with build_worker(client, task_queue=task_queue):
+    async with build_scheduling_worker(client, redis_client, task_queue=task_queue):
         assert await running_handle.result() == undisturbed_summary(running)
     assert (await page.describe()).run_id == page_run
 
@@ -337,14 +338,14 @@ async def test_the_scheduled_clean_up_deletes_exactly_the_batch_past_retention(
 @pytest.mark.parametrize(
     ("script", "args", "code", "expected"),
     [
-        ("starter.py", ["--schedule", "not cron"], 1,
+        ("extras.starter", ["--schedule", "not cron"], 1,
          "starter: --schedule 'not cron' is not a cron expression Temporal accepts"),
-        ("starter.py", ["--start-at", "2020-01-01T00:00:00Z"], 2,
+        ("extras.starter", ["--start-at", "2020-01-01T00:00:00Z"], 2,
          "argument --start-at: 2020-01-01 00:00:00 UTC is in the past"),
-        ("starter.py", ["--schedule", "0 2 * * *", "--every", "1h"], 2,
+        ("extras.starter", ["--schedule", "0 2 * * *", "--every", "1h"], 2,
          "--schedule and --every each say when to run; pass only one of them"),
-        ("starter.py", ["--every", "soon"], 2, "argument --every: 'soon' is not a duration"),
-        ("starter.py", ["--schedule-id", "nightly"], 2, "--schedule-id names the Schedule"),
+        ("extras.starter", ["--every", "soon"], 2, "argument --every: 'soon' is not a duration"),
+        ("extras.starter", ["--schedule-id", "nightly"], 2, "--schedule-id names the Schedule"),
         ("extras.payloads", ["gc", "--every", "1h"], 2,
          "a scheduled clean-up deletes payloads every time it runs; add --yes"),
     ],
@@ -376,7 +377,13 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
     key_entry = new_key_entry("nightly-1")
     settings = {"PAYLOAD_ENCRYPTION_KEYS": key_entry, "PAYLOAD_SIZE_THRESHOLD": "0"}
     address = temporal_env.client.service_client.config.target_host
-    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=url, COLUMNS="200", **settings)
+    env = user_env(
+        TEMPORAL_ADDRESS=address,
+        REDIS_URL=url,
+        COLUMNS="200",
+        TEMPORAL_TASK_QUEUE=task_queue,
+        **settings,
+    )
     prefix, batches_id, cleanup_id = unique("enc"), unique("enc-batches"), unique("enc-gc")
     cluster = await open_redis(url)
     assert isinstance(cluster, redis.asyncio.RedisCluster)
@@ -392,14 +399,15 @@ async def test_schedules_through_a_redis_cluster_with_encryption(
         address,
         url,
         task_queue,
+        script="-m extras.worker",
         COLUMNS="250",
         PAYLOAD_ENCRYPTION_KEYS=key_entry,
         PAYLOAD_SIZE_THRESHOLD="0",
     )
     try:
         for command in (
-            ["starter.py", "--every", "3650d", "--orders", str(ORDERS), "--batch-id", prefix,
-             "--schedule-id", batches_id],
+            ["-m", "extras.starter", "--every", "3650d", "--orders", str(ORDERS), "--batch-id",
+             prefix, "--schedule-id", batches_id],
             ["-m", "extras.payloads", "gc", "--yes", "--every", "3650d", "--grace-minutes", "0",
              "--schedule-id", cleanup_id],
         ):  # fmt: skip

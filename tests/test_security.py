@@ -29,7 +29,7 @@ from temporalio.converter import StorageDriverWorkflowInfo
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from config import ConfigError, load_settings, open_redis
+from config import ConfigError, load_settings, open_redis, redact_url
 from converter import make_data_converter
 from extras.codec_server import build_app, serve
 from extras.encryption import (
@@ -197,11 +197,17 @@ def start_secured_redis(server: RedisServer, kind: str, tmp_path: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["password", "acl-user", "tls"])
 def test_protected_redis_works_and_the_password_is_never_printed(
-    kind: str, temporal_env: WorkflowEnvironment, own_redis: RedisServer, tmp_path: Path
+    kind: str,
+    temporal_env: WorkflowEnvironment,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    task_queue: str,
 ) -> None:
     redis_url = start_secured_redis(own_redis, kind, tmp_path)
     address = temporal_env.client.service_client.config.target_host
-    env = user_env(TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, COLUMNS="200")
+    env = user_env(
+        TEMPORAL_ADDRESS=address, REDIS_URL=redis_url, COLUMNS="200", TEMPORAL_TASK_QUEUE=task_queue
+    )
     worker = subprocess.Popen(
         [sys.executable, "worker.py"],
         cwd=PROJECT_DIR,
@@ -213,7 +219,7 @@ def test_protected_redis_works_and_the_password_is_never_printed(
     batch_id = f"{kind}-{uuid.uuid4().hex[:8]}"
     try:
         starter = subprocess.run(
-            [sys.executable, "starter.py", "--batch-id", batch_id],
+            [sys.executable, "-m", "extras.starter", "--batch-id", batch_id],
             cwd=PROJECT_DIR,
             env=env,
             capture_output=True,
@@ -226,9 +232,11 @@ def test_protected_redis_works_and_the_password_is_never_printed(
 
     assert starter.returncode == 0, starter.stdout + starter.stderr
     assert starter.stdout.count("Redis (1)") == 2  # the order list really went to Redis
-    assert "Worker polling task queue" in worker_log and ":***@127.0.0.1" in worker_log
+    where = redact_url(redis_url)
+    assert where.startswith(("redis://127.0.0.1:", "rediss://127.0.0.1:"))
+    assert "Worker polling task queue" in worker_log and f"in Redis at {where}" in worker_log
     for output in (worker_log, starter.stdout, starter.stderr):
-        assert PASSWORD not in output
+        assert PASSWORD not in output and "//app" not in output
 
 
 @pytest.mark.slow
