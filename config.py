@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -31,7 +32,14 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.converter import DataConverter, PayloadCodec, StorageDriver
 from temporalio.envconfig import ClientConfig
-from temporalio.runtime import Runtime
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from converter import DEFAULT_PAYLOAD_SIZE_THRESHOLD, make_data_converter
@@ -256,6 +264,26 @@ def data_converter(
     )
 
 
+# The SDK core's warnings go to this logger, so they print like the script's own lines (no
+# terminal colours); its "Failing workflow task" repeats, stack trace and all, the failure
+# that the SDK's Python side has just logged in one line.
+CORE_LOGGER = logging.getLogger("temporalio.core")
+CORE_LOGGER.addFilter(lambda record: not record.getMessage().startswith("Failing workflow"))
+
+
+def temporal_runtime(metrics: PrometheusConfig | None = None) -> Runtime:
+    """A Temporal runtime whose core logs go through Python logging (:data:`CORE_LOGGER`),
+    optionally exporting ``metrics``."""
+    forwarding = LogForwardingConfig(
+        logger=CORE_LOGGER,
+        append_target_to_name=False,
+        prepend_target_on_message=False,
+        append_log_fields_to_message=False,
+    )
+    core_logs = LoggingConfig(TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding)
+    return Runtime(telemetry=TelemetryConfig(logging=core_logs, metrics=metrics))
+
+
 @contextlib.asynccontextmanager
 async def connected_client(
     settings: Settings, *, codecs: Sequence[PayloadCodec] = (), address: str | None = None
@@ -265,7 +293,7 @@ async def connected_client(
     Temporal address."""
     async with redis_connection(settings.redis_url) as redis_client:
         converter = data_converter(settings, redis_client, codecs=codecs)
-        yield await connect_temporal(converter, address=address)
+        yield await connect_temporal(converter, address=address, runtime=temporal_runtime())
 
 
 async def connect_temporal(

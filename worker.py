@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -89,14 +90,31 @@ def _stop_now() -> None:
     os._exit(130)  # as config.run_script does: no interpreter finalization under the SDK
 
 
+class OneLineFormatter(logging.Formatter):
+    """Shows an exception as its chain of one-line causes, not a traceback: a failed attempt
+    is expected, and Temporal retries it."""
+
+    def formatException(self, ei: Any) -> str:
+        causes, error = [], ei[1]
+        while error is not None:
+            name = getattr(error, "type", None) or type(error).__name__
+            text = " ".join(str(error).split())[:500]  # long enough for a whole payload key
+            causes.append(text if text.startswith(f"{name}: ") else f"{name}: {text}")
+            error = error.__cause__
+        return "  caused by " + " <- ".join(causes)
+
+
 def configure_process(formatter: logging.Formatter | None = None) -> None:
     """Once per worker process: workflow and activity log lines (a page run again, a resumed
     activity) on stderr, and the GIL switch interval."""
     handler = logging.StreamHandler()
-    handler.setFormatter(formatter or logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(formatter or OneLineFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     for name in ("temporalio.workflow", "temporalio.activity"):
         logging.getLogger(name).setLevel(logging.INFO)
+    # The ids are in the messages already; the SDK's info dicts would only add noise.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     # Activity threads hold the GIL up to this long before the event loop gets it back: 1 ms
     # instead of 5 keeps polling, heartbeats and small batches quick next to a big page
     # (docs/performance.md, bench.latency).

@@ -1,6 +1,6 @@
 """Command-line plumbing for the operational scripts (extras/ and bench/): an argument parser
 whose errors wrap at the terminal's width, the number flags, and a log formatter that wraps
-and shows an exception as its one-line cause. The scripts end through the core's one exit
+the worker's one-line log lines. The scripts end through the core's one exit
 path, ``config.run_script``, and flatten errors with ``config.one_line``.
 """
 
@@ -12,7 +12,9 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
+
+from worker import OneLineFormatter
 
 
 def width() -> int:
@@ -53,20 +55,10 @@ def port_number(*, allow_zero: bool = False) -> Callable[[str], int]:
     return whole_number(0 if allow_zero else 1, 65535)
 
 
-class WrappingFormatter(logging.Formatter):
-    """Wraps log lines to the terminal's width, and shows an exception as its one-line cause
-    instead of a traceback (a failed attempt is expected; Temporal retries it). Plain stdlib:
-    workflow code logs from inside the sandbox, where a third-party handler's lazy imports
-    would fail."""
-
-    def formatException(self, ei: Any) -> str:
-        causes, error = [], ei[1]
-        while error is not None:
-            name = getattr(error, "type", None) or type(error).__name__
-            text = " ".join(str(error).split())[:500]  # long enough for a whole payload key
-            causes.append(text if text.startswith(f"{name}: ") else f"{name}: {text}")
-            error = error.__cause__
-        return "  caused by " + " <- ".join(causes)
+class WrappingFormatter(OneLineFormatter):
+    """The worker's one-line exceptions, with lines wrapped to the terminal's width. Plain
+    stdlib: workflow code logs from inside the sandbox, where a third-party handler's lazy
+    imports would fail."""
 
     def format(self, record: logging.LogRecord) -> str:
         return textwrap.fill(

@@ -6,7 +6,6 @@ wrapper so the Redis driver stays pure.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -20,43 +19,20 @@ from temporalio.converter import (
     StorageDriverStoreContext,
 )
 from temporalio.runtime import (
-    LogForwardingConfig,
-    LoggingConfig,
     PrometheusConfig,
     Runtime,
-    TelemetryConfig,
-    TelemetryFilter,
 )
 
-from config import ConfigError, one_line
+from config import ConfigError, one_line, temporal_runtime
 from placeholders import WrappedDriver
-
-# The SDK core's warnings and errors go to this logger, without their extra fields: a failed
-# workflow task's fields hold the whole failure, stack trace included, which the worker's own
-# log line already gives as its one-line cause.
-CORE_LOGGER = logging.getLogger("temporalio.core")
-# Its "Failing workflow task" repeats the line the SDK's Python side has just logged.
-CORE_LOGGER.addFilter(lambda record: not record.getMessage().startswith("Failing workflow"))
 
 
 def worker_runtime(metrics_address: str | None = None) -> Runtime:
-    """A Temporal runtime whose core logs go to :data:`CORE_LOGGER`; with ``metrics_address``,
-    it also serves ``http://{metrics_address}/metrics`` for Prometheus to scrape.
-
-    Raises ``ConfigError`` with one clear sentence when the address cannot be served.
-    """
-    logging_config = LoggingConfig(
-        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-        forwarding=LogForwardingConfig(
-            logger=CORE_LOGGER,
-            append_target_to_name=False,
-            prepend_target_on_message=False,
-            append_log_fields_to_message=False,
-        ),
-    )
-    metrics = PrometheusConfig(metrics_address) if metrics_address else None
+    """``config.temporal_runtime`` that, with ``metrics_address``, also serves
+    ``http://{metrics_address}/metrics`` for Prometheus to scrape; ``ConfigError`` with one
+    sentence when the address cannot be served."""
     try:
-        return Runtime(telemetry=TelemetryConfig(logging=logging_config, metrics=metrics))
+        return temporal_runtime(PrometheusConfig(metrics_address) if metrics_address else None)
     except Exception as err:
         raise ConfigError(
             f"Cannot serve metrics on {metrics_address} ({one_line(err)}); "

@@ -15,8 +15,9 @@ import pytest
 import redis.asyncio
 from temporalio.testing import WorkflowEnvironment
 
+from config import CORE_LOGGER
 from converter import make_data_converter
-from extras.metrics import CORE_LOGGER, worker_runtime
+from extras.metrics import worker_runtime
 from models import OrderBatchRequest, workflow_id_for
 from tests.support import PROJECT_DIR, RedisServer, client_with, free_port, start_worker, user_env
 from worker import configure_process
