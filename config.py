@@ -18,10 +18,14 @@ import contextlib
 import logging
 import os
 import re
+import shlex
+import shutil
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -344,6 +348,20 @@ async def connect_temporal(
     return client
 
 
+def temporal_command(client: Client, command: str) -> str:
+    """``temporal COMMAND`` as it runs from here (``uv run temporal`` when the CLI is only in
+    this project's environment), with the flags that reach this client's namespace."""
+    words = ["temporal", command]
+    found = shutil.which("temporal")  # under `uv run`, the project's environment is on PATH
+    if found and Path(found).parent == Path(sys.executable).parent:
+        words.insert(0, "uv run")
+    if (address := client.service_client.config.target_host) != "localhost:7233":
+        words.append(f"--address {address}")
+    if client.namespace != "default":
+        words.append(f"--namespace {shlex.quote(client.namespace)}")
+    return " ".join(words)
+
+
 def _check_address(address: str) -> None:
     """Refuse an address that is not ``host:port`` (``[v6]:port`` for IPv6)."""
     host, _, port = address.rpartition(":")
@@ -357,9 +375,9 @@ def _check_address(address: str) -> None:
         )
 
 
-def one_line(err: BaseException) -> str:
+def one_line(err: BaseException, limit: int = 200) -> str:
     """An error as one short line, for one-sentence messages."""
-    return " ".join(str(err).split())[:200]
+    return " ".join(str(err).split())[:limit]
 
 
 def run_script(prog: str, main: Coroutine[Any, Any, int]) -> NoReturn:
@@ -368,16 +386,45 @@ def run_script(prog: str, main: Coroutine[Any, Any, int]) -> NoReturn:
     try:
         code = asyncio.run(main)
     except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        _say(f"{prog}: {err}")
         code = 1
     except KeyboardInterrupt:  # Ctrl+C before main's own handlers were in place
         code = 130
     except Exception as err:
-        print(f"{prog}: stopped by an unexpected error ({one_line(err)}).", file=sys.stderr)
+        _say(f"{prog}: stopped by an unexpected error ({one_line(err)}).")
         code = 1
+    exit_now(code)
+
+
+def _say(sentence: str) -> None:
+    """One sentence on stderr, wrapped at the terminal's width (80 columns if not a terminal);
+    URLs and keys are never broken."""
+    width = shutil.get_terminal_size((80, 24)).columns
+    print(
+        textwrap.fill(sentence, width, break_long_words=False, break_on_hyphens=False),
+        file=sys.stderr,
+    )
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` without interpreter finalization: the SDK's native threads may still
+    drop Python objects then, which can abort the process with "PyGILState_Release" (exit
+    134; seen in 3 of 4 runs of the worker's end-to-end test before this; sdk-python issue
+    300, https://github.com/temporalio/sdk-python/issues/300)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # Exit without interpreter finalization: the SDK's native threads may still drop Python
-    # objects then, which can abort the process with "PyGILState_Release" (exit 134; seen in
-    # 3 of 4 runs of the worker's end-to-end test before this; sdk-python issue 300).
     os._exit(code)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines that show an exception as its chain of one-line causes, not a traceback: a
+    failed attempt is expected, and Temporal retries it."""
+
+    def formatException(self, ei: Any) -> str:
+        causes, error = [], ei[1]
+        while error is not None:
+            name = getattr(error, "type", None) or type(error).__name__
+            text = one_line(error, 500)  # long enough for a whole payload key
+            causes.append(text if text.startswith(f"{name}: ") else f"{name}: {text}")
+            error = error.__cause__
+        return "  caused by " + " <- ".join(causes)

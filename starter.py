@@ -11,11 +11,8 @@ Neighbours: config.py, workflows.py, models.py. Packages: temporalio, redis, ric
 import argparse
 import asyncio
 import shlex
-import shutil
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -27,7 +24,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from config import connected_client, load_settings, run_script
+from config import connected_client, load_settings, run_script, temporal_command
 from models import TASK_QUEUE, BatchSummary, OrderBatchRequest, workflow_id_for
 from workflows import ProcessOrderBatchWorkflow
 
@@ -109,20 +106,6 @@ def summary_table(summary: BatchSummary) -> Table:
     return table
 
 
-def temporal_command(client: Client, command: str) -> str:
-    """``temporal COMMAND`` as it runs from here (``uv run temporal`` when the CLI is only in
-    this project's environment), with the flags that reach this client's namespace."""
-    words = ["temporal", command]
-    found = shutil.which("temporal")  # under `uv run`, the project's environment is on PATH
-    if found and Path(found).parent == Path(sys.executable).parent:
-        words.insert(0, "uv run")
-    if (address := client.service_client.config.target_host) != "localhost:7233":
-        words.append(f"--address {address}")
-    if client.namespace != "default":
-        words.append(f"--namespace {shlex.quote(client.namespace)}")
-    return " ".join(words)
-
-
 async def run_batch(
     client: Client, request: OrderBatchRequest, console: Console, task_queue: str = TASK_QUEUE
 ) -> int:
@@ -149,9 +132,10 @@ async def run_batch(
             console.print(Text(f"Batch {request.batch_id} did not complete: {err.cause}", "red"))
         return 1
     console.print(summary_table(summary))
-    console.print("See its history (the order lists are references to Redis):")
-    show = f"workflow show --workflow-id {shlex.quote(handle.id)}"
-    console.print(Text(temporal_command(client, show)), soft_wrap=True)
+    console.print("See the histories of the batch and of its first page, with its order list:")
+    for workflow_id in (handle.id, f"{handle.id}-page-1"):
+        show = f"workflow show --workflow-id {shlex.quote(workflow_id)}"
+        console.print(Text(temporal_command(client, show)), soft_wrap=True)
     return 0
 
 

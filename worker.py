@@ -10,7 +10,6 @@ Packages: temporalio, redis, rich (and, through the converter, zstandard and msg
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +23,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import OrderActivities
-from config import connected_client, load_settings, redact_url, run_script
+from config import (
+    OneLineFormatter,
+    connected_client,
+    exit_now,
+    load_settings,
+    redact_url,
+    run_script,
+)
 from models import TASK_QUEUE
 from sample_data import generate_orders
 from workflows import ProcessOrderBatchWorkflow, ProcessOrderPageWorkflow
@@ -85,23 +91,7 @@ async def serve(worker: Worker, where: str) -> None:
 
 def _stop_now() -> None:
     console.print("Stopped at once; Temporal retries the unfinished activities elsewhere.")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)  # as config.run_script does: no interpreter finalization under the SDK
-
-
-class OneLineFormatter(logging.Formatter):
-    """Shows an exception as its chain of one-line causes, not a traceback: a failed attempt
-    is expected, and Temporal retries it."""
-
-    def formatException(self, ei: Any) -> str:
-        causes, error = [], ei[1]
-        while error is not None:
-            name = getattr(error, "type", None) or type(error).__name__
-            text = " ".join(str(error).split())[:500]  # long enough for a whole payload key
-            causes.append(text if text.startswith(f"{name}: ") else f"{name}: {text}")
-            error = error.__cause__
-        return "  caused by " + " <- ".join(causes)
+    exit_now(130)
 
 
 def configure_process(formatter: logging.Formatter | None = None) -> None:

@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
-from worker import OneLineFormatter
+from config import OneLineFormatter
 
 
 def width() -> int:

@@ -320,7 +320,7 @@ async def judge_run(
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return Verdict(True, "workflow run no longer exists in Temporal")
-        return Verdict(False, f"could not check it ({' '.join(str(err).split())[:80]})")
+        return Verdict(False, f"could not check it ({one_line(err, 80)})")
     if description.status in (None, WorkflowExecutionStatus.RUNNING):
         return Verdict(False, "running")
     if description.close_time is None:

@@ -41,7 +41,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from config import ConfigError, one_line
+from config import ConfigError, one_line, temporal_command
 from extras.scheduled_workflows import (
     PayloadCleanupRequest,
     PayloadCleanupWorkflow,
@@ -50,7 +50,6 @@ from extras.scheduled_workflows import (
     scheduled_batch_id,
 )
 from models import TASK_QUEUE, workflow_id_for
-from starter import temporal_command
 
 BATCH_SCHEDULE_ID = "order-batches"
 CLEANUP_SCHEDULE_ID = "payload-gc"

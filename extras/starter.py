@@ -28,7 +28,7 @@ from extras.schedules import (
     when_from_args,
 )
 from models import MAX_BATCH_ID_LENGTH, OrderBatchRequest, workflow_id_for
-from starter import add_batch_arguments, request_from_args, run_batch, temporal_command
+from starter import add_batch_arguments, request_from_args, run_batch
 
 
 async def print_payload_report(client: Client, console: Console, workflow_id: str) -> None:
@@ -57,11 +57,6 @@ async def print_payload_report(client: Client, console: Console, workflow_id: st
         console.print(Text(command), soft_wrap=True)
     if report.problem:
         console.print(Text(report.problem, "yellow"))
-    if report.redis_pages or report.pages:
-        page_id = report.redis_pages[0] if report.redis_pages else report.pages[0][0]
-        console.print("A page's history, with its order list:")
-        show = f"workflow show --workflow-id {shlex.quote(page_id)}"
-        console.print(Text(temporal_command(client, show)), soft_wrap=True)
 
 
 async def run(request: OrderBatchRequest) -> int:

@@ -89,4 +89,4 @@ def test_bad_flag_gets_one_clear_line() -> None:
     finished = run_bench("bench.pipeline", "--orders", "ten")
     assert finished.returncode == 2
     error = usage_error(finished.stderr, "pipeline.py")
-    assert "'ten' is not a comma-separated list of numbers >= 1" in error
+    assert "'ten' is not a whole number from 1 to" in error

@@ -173,7 +173,7 @@ def test_bad_flag_is_one_clear_sentence(
 ) -> None:
     result = payloads_cli(temporal_env, redis_server, "gc", "--grace-minutes", "soon")
     assert result.returncode == 2
-    assert "'soon' is not a whole number of minutes" in usage_error(
+    assert "'soon' is not a whole number from 0 to 5,270,400" in usage_error(
         result.stderr, "extras.payloads"
     )
     unreachable = subprocess.run(

@@ -174,5 +174,6 @@ async def test_same_batch_started_twice_runs_once(client: Client, task_queue: st
     address = client.service_client.config.target_host
     shows = [line for line in output.splitlines() if "temporal workflow show" in line]
     assert [line.partition("temporal ")[2] for line in shows] == [
-        f"workflow show --workflow-id {handle.id} --address {address}"
+        f"workflow show --workflow-id {handle.id}{page} --address {address}"
+        for page in ("", "-page-1")
     ]
