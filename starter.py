@@ -121,15 +121,15 @@ async def run_batch(
     try:
         summary = await watch(handle, console)
     except asyncio.CancelledError:  # Ctrl+C
-        console.print(Text(f"Stopped watching. Batch {request.batch_id} keeps running on the "
-                           f"worker; see its result with: {again}"))  # fmt: skip
+        console.print(
+            Text(f"Stopped watching. Batch {request.batch_id} keeps running; see it with:")
+        )
+        console.print(Text(again), soft_wrap=True)
         return 130
     except WorkflowFailureError as err:
-        if isinstance(err.cause, CancelledError):
-            console.print(Text(f"Batch {request.batch_id} was cancelled before it completed; "
-                               f"run it again with: {again}", "red"))  # fmt: skip
-        else:
-            console.print(Text(f"Batch {request.batch_id} did not complete: {err.cause}", "red"))
+        what = "was cancelled" if isinstance(err.cause, CancelledError) else f"failed ({err.cause})"
+        console.print(Text(f"Batch {request.batch_id} {what}; run it again with:", "red"))
+        console.print(Text(again), soft_wrap=True)
         return 1
     console.print(summary_table(summary))
     console.print("See the histories of the batch and of its first page, with its order list:")
@@ -146,6 +146,6 @@ async def main(request: OrderBatchRequest) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("`", ""))
     add_batch_arguments(parser)
     run_script("starter", main(request_from_args(parser, parser.parse_args())))

@@ -8,6 +8,7 @@ Neighbours: config.py, workflows.py, activities.py, sample_data.py, models.py.
 Packages: temporalio, redis, rich (and, through the converter, zstandard and msgspec).
 """
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -122,5 +123,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("`", "")).parse_args()
     configure_process()
     run_script("worker", main())

@@ -226,9 +226,7 @@ async def test_starter_with_a_key_the_worker_lacks_fails_at_once_naming_it(
         worker.stop()
     assert result.returncode == 1, result.stdout + result.stderr
     text = " ".join(result.stdout.split())
-    assert "did not complete: PayloadEncryptionKeyUnknown: A payload was encrypted with key " in (
-        text
-    ), text
+    assert "failed (PayloadEncryptionKeyUnknown: A payload was encrypted with key " in text, text
     assert "'2025-11'" in text and "PAYLOAD_ENCRYPTION_KEYS" in text
     assert "Traceback" not in result.stdout + result.stderr
     assert seconds < 20

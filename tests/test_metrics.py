@@ -20,7 +20,6 @@ from converter import make_data_converter
 from extras.metrics import worker_runtime
 from models import OrderBatchRequest, workflow_id_for
 from tests.support import PROJECT_DIR, RedisServer, client_with, free_port, start_worker, user_env
-from worker import configure_process
 from workflows import ProcessOrderBatchWorkflow
 
 pytestmark = pytest.mark.slow  # real processes and whole batches: see pyproject.toml
@@ -130,7 +129,6 @@ def test_core_warnings_reach_the_worker_log_without_the_failure_dump(
     its "Failing workflow task" line, whose fields hold a whole stack trace, is dropped: the
     worker's Python side has just logged the same failure as its one-line cause."""
     assert worker_runtime() is not None  # forwarding configured, no metrics
-    configure_process()
     caplog.set_level(logging.WARNING, logger=CORE_LOGGER.name)
     CORE_LOGGER.warning("Failing workflow task")
     CORE_LOGGER.warning("[TMPRL1104] Workflow task duration exceeded 5 seconds.")
