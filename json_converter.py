@@ -49,8 +49,9 @@ def gc_paused() -> Iterator[None]:
     """Pause the cycle collector while a large value is built; safe across threads.
 
     Decoding 50,000 orders allocates millions of objects and no reference cycles; left on, the
-    collector rescans the growing heap again and again and decoding takes 4x as long. The
-    collector runs again once no thread is inside ``gc_paused``.
+    collector rescans the growing heap again and again and decoding takes about twice as long
+    (measured: 0.62 and 0.79 s paused, 1.32 and 1.35 s not). The collector runs again once no
+    thread is inside ``gc_paused``.
     """
     global _gc_pauses
     with _gc_lock:
