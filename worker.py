@@ -108,8 +108,8 @@ def configure_process(formatter: logging.Formatter | None = None) -> None:
     activity.logger.activity_info_on_message = False
     # Activity threads hold the GIL up to this long before the event loop gets it back: 1 ms
     # instead of 5 keeps polling, heartbeats and small batches quicker next to a big page
-    # (`uv run python -m bench.latency`, four runs each, loaded/idle: 2.5-3.8x with it,
-    # 2.9-5.0x without).
+    # (`uv run python -m bench.latency`, loaded/idle: 2.5-5.0x in five runs with it, median
+    # 2.9x; 2.9-5.0x in four without, median 3.5x: a small gain in a wide spread).
     sys.setswitchinterval(0.001)
 
 
