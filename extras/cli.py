@@ -2,6 +2,8 @@
 whose errors wrap at the terminal's width, the number flags, and a log formatter that wraps
 the worker's one-line log lines. The scripts end through the core's one exit
 path, ``config.run_script``, and flatten errors with ``config.one_line``.
+
+Neighbours: config.py. Packages: none.
 """
 
 from __future__ import annotations

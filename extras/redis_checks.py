@@ -1,4 +1,7 @@
-"""Start-up checks that warn when the Redis holding payloads could lose them."""
+"""Start-up checks that warn when the Redis holding payloads could lose them.
+
+Neighbours: config.py. Packages: redis.
+"""
 
 from __future__ import annotations
 

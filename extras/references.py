@@ -4,6 +4,8 @@ The SDK leaves a small ``ExternalStorageReference`` in history where a payload w
 external storage. :func:`storage_reference` recognises one; :func:`fetch_stored` reads the
 stored payload back through the driver that stored it (so wrappers and placeholders apply)
 for the payload report and the codec server.
+
+Neighbours: placeholders.py. Packages: protobuf (with temporalio), temporalio.
 """
 
 from __future__ import annotations

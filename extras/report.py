@@ -4,6 +4,8 @@ A batch is one or more runs of ``ProcessOrderBatchWorkflow`` (it continues as ne
 PAGES_PER_RUN pages) and one ``ProcessOrderPageWorkflow`` run per page (more if a page ran
 again). The report walks all of them. It never decompresses a payload to measure it: history
 holds the stored size, and the zstd frame header in Redis holds the original size.
+
+Neighbours: extras/references.py; codec.py, converter.py. Packages: rich, temporalio.
 """
 
 from __future__ import annotations

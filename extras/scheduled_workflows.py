@@ -7,8 +7,8 @@ search attribute the server sets) and runs that batch as a child ``ProcessOrderB
 under the batch's own workflow id. A time whose batch already ran, or runs, is left alone: a
 backfill or a repeated fire never processes a batch twice. ``PayloadCleanupWorkflow`` runs the
 ``collect_payload_garbage`` activity, which is `uv run -m extras.payloads gc --yes` on the worker.
-Neighbours: workflows.py, models.py; extras/payloads.py (the activity, by name) and
-extras/schedules.py.
+
+Neighbours: models.py, workflows.py. Packages: temporalio.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ TIME`), and the payload clean-up (`uv run -m extras.payloads gc --yes --every DU
 Each command creates its Schedule, or updates the one with the same id (a paused one stays
 paused), and prints the `temporal schedule` commands that describe, trigger, pause and delete
 it. `uv run -m extras.worker` runs what the Schedules start, on the sample's task queue.
-Neighbours: scheduled_workflows.py (what the Schedules start), config.py, models.py.
+
+Neighbours: extras/scheduled_workflows.py; config.py, models.py. Packages: rich, temporalio.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@ batch as `uv run starter.py` does, then prints where each payload went (the payl
 with `--schedule CRON`, `--every DURATION` or `--start-at TIME` it puts batches on a Temporal
 Schedule instead (extras/schedules.py). It encrypts with ``PAYLOAD_ENCRYPTION_KEYS`` when set.
 Run `uv run -m extras.worker` with it: that worker runs what the Schedules start.
+
+Neighbours: extras/cli.py, extras/encryption.py, extras/report.py,
+extras/scheduled_workflows.py, extras/schedules.py; config.py, models.py, starter.py. Packages:
+rich, temporalio.
 """
 
 from __future__ import annotations

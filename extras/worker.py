@@ -5,6 +5,10 @@ scheduled batch and the payload clean-up, extras/schedules.py), encryption
 (``PAYLOAD_ENCRYPTION_KEYS``), Prometheus metrics, or want the start-up warnings about a
 Redis that can lose payloads. It is the core's ``worker.build_worker`` and ``worker.serve``
 with these attached; the same task queue, so either worker serves the starter's batches.
+
+Neighbours: extras/cli.py, extras/encryption.py, extras/metrics.py, extras/payloads.py,
+extras/redis_checks.py, extras/scheduled_workflows.py; activities.py, config.py, models.py,
+sample_data.py, worker.py. Packages: temporalio.
 """
 
 from __future__ import annotations
