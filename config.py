@@ -398,12 +398,15 @@ def run_script(prog: str, main: Coroutine[Any, Any, int]) -> NoReturn:
     exit_now(code)
 
 
+def terminal_width() -> int:
+    """The terminal's width, or 80 columns when output is not a terminal."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
 def _say(sentence: str) -> None:
-    """One sentence on stderr, wrapped at the terminal's width (80 columns if not a terminal);
-    URLs and keys are never broken."""
-    width = shutil.get_terminal_size((80, 24)).columns
+    """One sentence on stderr, wrapped at the terminal's width; URLs and keys stay whole."""
     print(
-        textwrap.fill(sentence, width, break_long_words=False, break_on_hyphens=False),
+        textwrap.fill(sentence, terminal_width(), break_long_words=False, break_on_hyphens=False),
         file=sys.stderr,
     )
 

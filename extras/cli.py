@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
-from config import OneLineFormatter
-
-
-def width() -> int:
-    """The terminal's width, or 80 columns when output is not a terminal."""
-    return shutil.get_terminal_size((80, 24)).columns
+from config import OneLineFormatter, terminal_width
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -30,7 +24,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, textwrap.fill(f"{self.prog}: error: {message}", width()) + "\n")
+        self.exit(2, textwrap.fill(f"{self.prog}: error: {message}", terminal_width()) + "\n")
 
 
 def whole_number(low: int, high: int, *, example: str | None = None) -> Callable[[str], int]:
@@ -65,7 +59,7 @@ class WrappingFormatter(OneLineFormatter):
     def format(self, record: logging.LogRecord) -> str:
         return textwrap.fill(
             super().format(record),
-            width=width(),
+            width=terminal_width(),
             subsequent_indent="  ",
             break_long_words=False,  # keys and ids stay whole, so they can be copied
             break_on_hyphens=False,
