@@ -44,6 +44,7 @@ from config import (
     redact_url,
     redis_connection,
     run_script,
+    temporal_runtime,
 )
 from extras.cli import ArgumentParser, whole_number
 from extras.encryption import encrypting_client
@@ -576,7 +577,7 @@ async def main(args: argparse.Namespace) -> int:
                 )
             else:
                 # gc only reads workflow states: the default converter will do.
-                client = await connect_temporal(DataConverter.default)
+                client = await connect_temporal(DataConverter.default, runtime=temporal_runtime())
                 grace = timedelta(minutes=args.grace_minutes)
                 await gc(redis_client, client, args.key_prefix, console, yes=args.yes, grace=grace)
         except redis.exceptions.RedisError as err:
